@@ -1,0 +1,54 @@
+# Isthmus build and test entry points. `make help` lists them.
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/bin
+PKG := github.com/isthmus-mesh/isthmus
+GOTEST_FLAGS ?=
+TEST_TIMEOUT ?= 28m
+
+.PHONY: help
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+.PHONY: build
+build: ## build the binaries into bin/
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+.PHONY: test
+test: verify ## everything CI runs: checks, unit, integration and e2e tests
+	$(GO) test $(GOTEST_FLAGS) -timeout $(TEST_TIMEOUT) ./...
+
+.PHONY: test-unit
+test-unit: ## fast tests only (no kube-apiserver, no lab)
+	$(GO) test -short ./...
+
+.PHONY: bench
+bench: ## run the benchmarks (results go into BENCHMARKS.md by hand)
+	$(GO) test -run '^$$' -bench . -benchmem -timeout 60m ./...
+
+.PHONY: fuzz
+fuzz: ## run each fuzz target for FUZZTIME (default 30s)
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
+	    echo "== $$pkg $$f"; $(GO) test $$pkg -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; \
+	  done; \
+	done
+
+.PHONY: generate
+generate: ## regenerate BPF objects and CRDs
+	$(GO) generate ./...
+
+.PHONY: verify
+verify: ## formatting, vet, go.mod tidiness
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed (make fmt):"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum not tidy (make tidy)"; $(GO) mod tidy -diff; exit 1; }
+
+.PHONY: fmt
+fmt: ## fix formatting (twin of verify)
+	gofmt -w $$(git ls-files '*.go')
+
+.PHONY: tidy
+tidy: ## fix go.mod/go.sum (twin of verify)
+	$(GO) mod tidy
