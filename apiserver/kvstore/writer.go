@@ -233,35 +233,42 @@ func (w *Writer) Pending() int {
 // holds are not written again and keys nobody asks for can be swept. Call
 // it before the first Put under prefix.
 func (w *Writer) Load(ctx context.Context, prefix string) (int, error) {
+	n := 0
+	err := List(ctx, w.cli, prefix, func(key string, value []byte) {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if _, seen := w.written[key]; !seen {
+			w.count(key, 1)
+		}
+		w.written[key] = maphash.Bytes(w.seed, value)
+		w.stale[key] = struct{}{}
+		n++
+	})
+	return n, err
+}
+
+// List calls fn for every key under prefix, in pages of one consistent
+// revision.
+func List(ctx context.Context, cli *clientv3.Client, prefix string, fn func(key string, value []byte)) error {
 	const page = 5000
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	key := prefix
-	n := 0
 	var rev int64
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(page)}
 		if rev != 0 {
-			// Later pages at the revision of the first: one consistent view.
 			opts = append(opts, clientv3.WithRev(rev))
 		}
-		resp, err := w.cli.Get(ctx, key, opts...)
+		resp, err := cli.Get(ctx, key, opts...)
 		if err != nil {
-			return n, fmt.Errorf("load %s: %w", prefix, err)
+			return fmt.Errorf("list %s: %w", prefix, err)
 		}
 		rev = resp.Header.Revision
-		w.mu.Lock()
 		for _, kv := range resp.Kvs {
-			k := string(kv.Key)
-			if _, seen := w.written[k]; !seen {
-				w.count(k, 1)
-			}
-			w.written[k] = maphash.Bytes(w.seed, kv.Value)
-			w.stale[k] = struct{}{}
+			fn(string(kv.Key), kv.Value)
 		}
-		w.mu.Unlock()
-		n += len(resp.Kvs)
 		if !resp.More || len(resp.Kvs) == 0 {
-			return n, nil
+			return nil
 		}
 		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
