@@ -118,11 +118,11 @@ func New(logger *slog.Logger, cfg Config) (*Exporter, error) {
 		cfg.IdentityGCInterval = time.Minute
 	}
 	e := &Exporter{
-		logger:        logger,
-		cfg:           cfg,
-		factory:       informers.NewSharedInformerFactoryWithOptions(cfg.Client, 0, informers.WithTransform(trim)),
-		queue:         newDirtyQueue(),
-		initial:       make(chan struct{}),
+		logger:   logger,
+		cfg:      cfg,
+		factory:  informers.NewSharedInformerFactoryWithOptions(cfg.Client, 0, informers.WithTransform(trim)),
+		queue:    newDirtyQueue(),
+		initial:  make(chan struct{}),
 		podState: make(map[string]*podState),
 		ipOwners: make(map[netip.Addr][]string),
 		nodeIPs:  make(map[string]string),
