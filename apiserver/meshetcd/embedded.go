@@ -145,7 +145,10 @@ func StartEmbedded(logger *slog.Logger, cfg EmbeddedConfig) (*Embedded, error) {
 	return em, nil
 }
 
-// advertiseHost is the host a local client dials for a listen host.
+// DialHost is the host a local client dials to reach a listener on host:
+// loopback for an unspecified address, host itself otherwise.
+func DialHost(host string) string { return advertiseHost(host) }
+
 func advertiseHost(host string) string {
 	ip := net.ParseIP(host)
 	switch {
