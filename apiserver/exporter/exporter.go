@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -339,8 +341,20 @@ func (e *Exporter) process(batch map[item]time.Time) {
 			addPod(it.key, since)
 		}
 	}
-	for key, since := range pods {
-		e.exportPod(key, since)
+	// In the order the changes were seen, so identities are allocated in
+	// the order pods appeared (the same on every run of the same history).
+	order := make([]string, 0, len(pods))
+	for key := range pods {
+		order = append(order, key)
+	}
+	slices.SortFunc(order, func(a, b string) int {
+		if c := pods[a].Compare(pods[b]); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
+	for _, key := range order {
+		e.exportPod(key, pods[key])
 	}
 	for it, since := range batch {
 		if it.kind == kindService {
