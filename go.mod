@@ -2,6 +2,14 @@ module github.com/isthmus-mesh/isthmus
 
 go 1.26.0
 
-require sigs.k8s.io/yaml v1.6.0
+require (
+	github.com/vishvananda/netlink v1.3.1
+	github.com/vishvananda/netns v0.0.5
+	golang.org/x/sys v0.32.0
+	sigs.k8s.io/yaml v1.6.0
+)
 
-require go.yaml.in/yaml/v2 v2.4.2 // indirect
+require (
+	github.com/google/go-cmp v0.6.0 // indirect
+	go.yaml.in/yaml/v2 v2.4.2 // indirect
+)
