@@ -16,6 +16,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/isthmus-mesh/isthmus/internal/privileged"
 )
 
 // runDir is where named network namespaces are bind-mounted, as by
@@ -189,4 +191,14 @@ func randomSuffix() string {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// Require gates a test that builds namespaces: it skips in the unit tier
+// (go test -short), then requires root (privileged.Require).
+func Require(tb testing.TB) {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skip("integration test (real network namespaces); runs without -short")
+	}
+	privileged.Require(tb)
 }

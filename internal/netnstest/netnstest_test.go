@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/isthmus-mesh/isthmus/internal/netnstest"
-	"github.com/isthmus-mesh/isthmus/internal/privileged"
 	"golang.org/x/sys/unix"
 )
 
@@ -46,7 +45,7 @@ func runProbe(conn io.ReadWriteCloser) error {
 }
 
 func TestChildIsBornInNamespace(t *testing.T) {
-	privileged.Require(t)
+	netnstest.Require(t)
 	ns := netnstest.NewNamespace(t, "nt-child")
 	child := netnstest.StartChild(t, ns, "probe")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -79,7 +78,7 @@ func TestChildIsBornInNamespace(t *testing.T) {
 // node only where a route says so, and a capture on the underlay sees
 // every frame of plainly routed pod traffic, pod addresses included.
 func TestTopology(t *testing.T) {
-	privileged.Require(t)
+	netnstest.Require(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
@@ -157,42 +156,17 @@ func TestTopology(t *testing.T) {
 	}
 }
 
-// exchange connects from one pod to the other and checks that data goes
-// both ways.
+// exchange checks a TCP connection with data both ways from one pod to
+// the other.
 func exchange(ctx context.Context, t *testing.T, from, to *netnstest.Pod, v4 bool) {
 	t.Helper()
-	network := "tcp4"
-	if !v4 {
-		network = "tcp6"
-	}
-	l, err := to.NS.Listen(network, netip.AddrPortFrom(to.IP(v4), 0).String())
+	port := to.ServeEcho(t, 0)
+	got, err := netnstest.Exchange(ctx, from.NS, netip.AddrPortFrom(to.IP(v4), uint16(port)).String(), 256<<10)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	go func() {
-		c, err := l.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		_, _ = io.Copy(c, c)
-	}()
-	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	c, err := from.NS.Dial(dctx, network, l.Addr().String())
-	if err != nil {
-		t.Fatalf("%s -> %s: %v", from.Name, l.Addr(), err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	msg := []byte("ping from " + from.Name)
-	if _, err := c.Write(msg); err != nil {
-		t.Fatal(err)
-	}
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, got); err != nil || string(got) != string(msg) {
-		t.Fatalf("%s -> %s: echo = %q, %v", from.Name, l.Addr(), got, err)
+	if got != to.Name {
+		t.Errorf("%s answered, want %s", got, to.Name)
 	}
 }
 
