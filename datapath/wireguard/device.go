@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
 	"time"
@@ -208,6 +209,10 @@ func New(logger *slog.Logger, cfg Config) (_ *Device, err error) {
 
 	port := cfg.ListenPort
 	if err := client.ConfigureDevice(cfg.DeviceName, wgtypes.Config{PrivateKey: &d.key, ListenPort: &port}); err != nil {
+		if udpPortInUse(port) {
+			// wgctrl's userspace errors carry only an errno; say it plainly.
+			return nil, fmt.Errorf("configure device %s: UDP port %d is in use in this network namespace (another WireGuard device?); set another ListenPort: %w", cfg.DeviceName, port, err)
+		}
 		return nil, fmt.Errorf("configure device %s: %w", cfg.DeviceName, err)
 	}
 	link, err := netlink.LinkByName(cfg.DeviceName)
@@ -362,4 +367,18 @@ func (k kernelDevice) delete() error {
 		return fmt.Errorf("delete device %s: %w", k.name, err)
 	}
 	return nil
+}
+
+// udpPortInUse reports whether port cannot be bound in this namespace.
+func udpPortInUse(port int) bool {
+	for _, network := range []string{"udp4", "udp6"} {
+		c, err := net.ListenPacket(network, fmt.Sprintf(":%d", port))
+		if errors.Is(err, unix.EADDRINUSE) {
+			return true
+		}
+		if err == nil {
+			c.Close()
+		}
+	}
+	return false
 }

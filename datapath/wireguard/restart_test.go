@@ -209,8 +209,23 @@ func TestNewRefusesAConflictingDevice(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "shared by all network namespaces") {
 		t.Errorf("second userspace device named %s: %v, want an error about the shared socket directory", name, err)
 	}
-	// The failed attempt left the first device alone.
+	// A second device on the port the first listens on.
+	child = netnstest.StartChild(t, ns1, helperNode)
+	second := uniqueDeviceName(t)
+	err = child.Call(ctx, "Start", wireguard.Config{StateDir: t.TempDir(), DeviceName: second, Mode: wireguard.ModeUserspace}, &reply)
+	if err == nil || !strings.Contains(err.Error(), "UDP port 51871") {
+		t.Errorf("second device on port 51871 in one namespace: %v, want an error naming the port", err)
+	}
+	// The half-built device is gone, socket and all.
+	var notFound netlink.LinkNotFoundError
+	if _, err := ns1.Netlink(t).LinkByName(second); !errors.As(err, &notFound) {
+		t.Errorf("device %s after the failed New: %v, want it removed", second, err)
+	}
+	if _, err := os.Stat(filepath.Join("/var/run/wireguard", second+".sock")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("UAPI socket of %s after the failed New: %v, want it removed", second, err)
+	}
+	// The failed attempts left the first device alone.
 	if _, err := ns1.Run(ctx, "wg", "show", name); err != nil {
-		t.Errorf("first device after the clash: %v", err)
+		t.Errorf("first device after the clashes: %v", err)
 	}
 }
