@@ -186,17 +186,7 @@ func New(logger *slog.Logger, cfg Config) (_ *Device, err error) {
 		logger.Warn("WireGuard private key was readable by others; made it private", "file", KeyFileName, "stateDir", cfg.StateDir)
 	}
 
-	client, err := wgctrl.New()
-	if err != nil {
-		return nil, fmt.Errorf("open wgctrl: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			client.Close()
-		}
-	}()
-
-	d := &Device{logger: logger, cfg: cfg, key: kf.key, client: client}
+	d := &Device{logger: logger, cfg: cfg, key: kf.key}
 	d.backend, d.mode, err = openBackend(logger, cfg, tunnelMTU(d.underlayPaths(nil, 0)))
 	if err != nil {
 		return nil, err
@@ -206,7 +196,28 @@ func New(logger *slog.Logger, cfg Config) (_ *Device, err error) {
 			d.backend.abort()
 		}
 	}()
+	// After the device exists: wgctrl looks for the kernel's WireGuard
+	// netlink family once, at creation, and creating the first kernel
+	// device may be what loads the module.
+	client, err := wgctrl.New()
+	if err != nil {
+		return nil, fmt.Errorf("open wgctrl: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			client.Close()
+		}
+	}()
+	d.client = client
 
+	existing, err := client.Device(cfg.DeviceName)
+	if err != nil {
+		return nil, fmt.Errorf("read device %s: %w", cfg.DeviceName, err)
+	}
+	if existing.PrivateKey != (wgtypes.Key{}) && existing.PrivateKey != d.key {
+		logger.Warn("Adopted device had another private key; replacing it with the node's, peers must learn the new public key",
+			"previousPublicKey", existing.PublicKey.String())
+	}
 	port := cfg.ListenPort
 	if err := client.ConfigureDevice(cfg.DeviceName, wgtypes.Config{PrivateKey: &d.key, ListenPort: &port}); err != nil {
 		if udpPortInUse(port) {
@@ -221,12 +232,8 @@ func New(logger *slog.Logger, cfg Config) (_ *Device, err error) {
 	}
 	// An adopted device keeps the MTU for the peers it has, rather than
 	// flapping to the no-peer value until the first SetPeers.
-	wgdev, err := client.Device(cfg.DeviceName)
-	if err != nil {
-		return nil, fmt.Errorf("read device %s: %w", cfg.DeviceName, err)
-	}
 	var endpoints []netip.Addr
-	for _, p := range currentPeers(wgdev) {
+	for _, p := range currentPeers(existing) {
 		if p.endpoint.IsValid() {
 			endpoints = append(endpoints, p.endpoint.Addr())
 		}

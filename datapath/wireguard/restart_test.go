@@ -229,3 +229,28 @@ func TestNewRefusesAConflictingDevice(t *testing.T) {
 		t.Errorf("first device after the clashes: %v", err)
 	}
 }
+
+// TestKernelModeWithoutKernelWireGuard checks that forcing kernel mode on
+// a kernel without WireGuard fails plainly and leaves nothing behind,
+// where auto mode falls back to userspace (TestTunnelBetweenClusters).
+func TestKernelModeWithoutKernelWireGuard(t *testing.T) {
+	netnstest.Require(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ns := netnstest.NewNamespace(t, "nt-nokernel")
+	probe := &netlink.Wireguard{LinkAttrs: netlink.LinkAttrs{Name: "wgprobe"}}
+	if err := ns.Netlink(t).LinkAdd(probe); err == nil {
+		t.Skip("this kernel has WireGuard")
+	}
+	name := uniqueDeviceName(t)
+	child := netnstest.StartChild(t, ns, helperNode)
+	var reply StartReply
+	err := child.Call(ctx, "Start", wireguard.Config{StateDir: t.TempDir(), DeviceName: name, Mode: wireguard.ModeKernel}, &reply)
+	if err == nil || !strings.Contains(err.Error(), "create kernel WireGuard device "+name) || !strings.Contains(err.Error(), "not supported") {
+		t.Errorf("ModeKernel without kernel WireGuard: %v, want an error saying kernel WireGuard is not supported", err)
+	}
+	var notFound netlink.LinkNotFoundError
+	if _, err := ns.Netlink(t).LinkByName(name); !errors.As(err, &notFound) {
+		t.Errorf("device after the failed New: %v, want none", err)
+	}
+}
