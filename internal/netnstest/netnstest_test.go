@@ -147,7 +147,17 @@ func TestTopology(t *testing.T) {
 		t.Errorf("capture saw %d IPv6 frames on an IPv4 underlay", v6)
 	}
 
-	out, err := a.NS.Run(ctx, "ip", "-4", "route", "show")
+	// The bridge itself stays silent: with multicast snooping it would
+	// join 224.0.0.106 and send IGMP reports across the underlay.
+	out, err := u.NS.Run(ctx, "ip", "maddr", "show", "dev", "br0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out, "224.0.0.106") {
+		t.Errorf("underlay bridge joined the multicast router discovery group:\n%s", out)
+	}
+
+	out, err = a.NS.Run(ctx, "ip", "-4", "route", "show")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -77,7 +77,11 @@ func NewUnderlay(tb testing.TB, cfg UnderlayConfig) *Underlay {
 		}
 	}
 	h := u.NS.Netlink(tb)
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridgeName, MTU: cfg.MTU}}
+	// Without multicast snooping the bridge joins no router-discovery
+	// group and so sends no IGMP reports of its own: the underlay carries
+	// only what the nodes send.
+	noSnooping := false
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridgeName, MTU: cfg.MTU}, MulticastSnooping: &noSnooping}
 	if err := h.LinkAdd(br); err != nil {
 		tb.Fatalf("underlay: create bridge: %v", err)
 	}
