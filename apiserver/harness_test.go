@@ -1,3 +1,5 @@
+//go:build testenv_pending
+
 package apiserver_test
 
 import (
