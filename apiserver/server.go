@@ -119,7 +119,11 @@ func (s *Server) Run(ctx context.Context) error {
 		s.healthAddr = h.Addr()
 	}
 
-	cli, etcdDone, err := s.connectEtcd(ctx)
+	remotes, err := currentRemoteReaders(ctx, s.logger, kube, s.cfg.RemoteClusters)
+	if err != nil {
+		return err
+	}
+	cli, etcdDone, err := s.connectEtcd(ctx, remotes)
 	if err != nil {
 		return err
 	}
@@ -188,6 +192,17 @@ func (s *Server) Run(ctx context.Context) error {
 	})
 	if err != nil {
 		return err
+	}
+	if !s.cfg.external() || s.cfg.EtcdManageAuth {
+		rr := &remoteReaders{
+			logger:   s.logger.With(logfields.Component, "remote-readers"),
+			kube:     kube,
+			cli:      cli,
+			cluster:  s.cfg.ClusterName,
+			static:   s.cfg.RemoteClusters,
+			recorder: broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: fieldManager}),
+		}
+		wg.Go(func() { rr.run(ctx) })
 	}
 	exportStart := time.Now()
 	expDone := make(chan error, 1)
@@ -286,7 +301,7 @@ func (h etcdHandle) err() <-chan error {
 
 // connectEtcd starts the embedded etcd, or reaches the external one, and
 // sets up its users and roles.
-func (s *Server) connectEtcd(ctx context.Context) (*clientv3.Client, etcdHandle, error) {
+func (s *Server) connectEtcd(ctx context.Context, remotes []string) (*clientv3.Client, etcdHandle, error) {
 	var (
 		h          etcdHandle
 		endpoints  []string
@@ -335,7 +350,7 @@ func (s *Server) connectEtcd(ctx context.Context) (*clientv3.Client, etcdHandle,
 		return nil, h, err
 	}
 	if !s.cfg.external() || s.cfg.EtcdManageAuth {
-		a := meshetcd.Access{Cluster: s.cfg.ClusterName, RemoteClusters: s.cfg.RemoteClusters}
+		a := meshetcd.Access{Cluster: s.cfg.ClusterName, RemoteClusters: remotes}
 		if err := a.Apply(ctx, cli); err != nil {
 			cli.Close()
 			h.close()
