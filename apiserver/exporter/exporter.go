@@ -256,12 +256,14 @@ func (e *Exporter) Run(ctx context.Context) error {
 	defer e.factory.Shutdown()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Go(func() { e.work(ctx) })
 	wg.Go(func() { e.collectIdentities(ctx) })
 
+	// Convert nothing before every cache is full: a pod converted before
+	// its namespace's labels are known would get a passing identity.
 	if !cache.WaitForCacheSync(ctx.Done(), e.synced...) {
 		return ctx.Err()
 	}
+	wg.Go(func() { e.work(ctx) })
 	select {
 	case <-e.queue.barrier():
 		close(e.initial)
@@ -410,11 +412,13 @@ func (e *Exporter) exportPod(key string, since time.Time) {
 		return
 	}
 
-	var nsLabels map[string]string
-	if n, err := e.namespaces.Get(p.Namespace); err == nil {
-		nsLabels = n.Labels
+	ns, err := e.namespaces.Get(p.Namespace)
+	if err != nil {
+		// Not in the cache yet: the namespace's arrival brings the pod
+		// back (see process). Until then its export stays as it was.
+		return
 	}
-	labels := PodSecurityLabels(e.cfg.Cluster, p, nsLabels)
+	labels := PodSecurityLabels(e.cfg.Cluster, p, ns.Labels)
 	st := &podState{labels: labels.String()}
 	if old != nil && old.labels == st.labels {
 		st.id = old.id
