@@ -139,8 +139,8 @@ func New(logger *slog.Logger, cfg Config) (*Exporter, error) {
 func (e *Exporter) setupInformers() error {
 	core := e.factory.Core().V1()
 	podInf := core.Pods().Informer()
+	// The factory's informers come with the namespace index.
 	if err := podInf.AddIndexers(cache.Indexers{
-		cache.NamespaceIndex: cache.MetaNamespaceIndexFunc,
 		indexPodNode: func(obj any) ([]string, error) {
 			if p, ok := obj.(*corev1.Pod); ok && p.Spec.NodeName != "" {
 				return []string{p.Spec.NodeName}, nil
