@@ -1,4 +1,4 @@
-//go:build testenv_pending
+//go:build testenv_pending || devkube
 
 package apiserver_test
 
@@ -7,6 +7,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -26,14 +28,15 @@ import (
 )
 
 // The golden tests run scripts (testdata/golden/*.txtar) against a real
-// kube-apiserver and a real apiserver with its embedded etcd. The script is
-// the archive's comment; its commands:
+// kube-apiserver and a real apiserver with its embedded etcd. The archive's
+// comment is a description paragraph, a blank line, then the script:
 //
 //	apply FILE...            create or update the objects (Pods and Nodes: status too)
 //	delete FILE...           delete the objects (Pods at once, as a kubelet would)
 //	replace FILE OLD NEW     edit FILE in the archive (quote arguments with spaces)
 //	expect FILE              wait until etcd holds exactly FILE under its prefixes
 //	expect-event KIND NAME REASON   wait for a Warning Event on an object
+//	expect-metric SERIES VALUE      wait for a /metrics line "SERIES VALUE"
 //	stop / start / restart   stop or start the apiserver (same data directory)
 //
 // Expected files start with "# prefix: P..." and list each key under those
@@ -59,11 +62,16 @@ func TestGolden(t *testing.T) {
 			t.Cleanup(s.cleanup)
 			s.server = newMeshServer(t, k.Config, serverOptions{})
 			s.server.start()
+			inDescription := true
 			for i, line := range strings.Split(string(ar.Comment), "\n") {
 				line = strings.TrimSpace(line)
-				if line == "" || strings.HasPrefix(line, "#") {
+				if line == "" {
+					inDescription = false
+				}
+				if inDescription || line == "" || strings.HasPrefix(line, "#") {
 					continue
 				}
+				line = strings.ReplaceAll(line, "$NS", k.Namespace)
 				s.line = fmt.Sprintf("%s:%d: %s", filepath.Base(f), i+1, line)
 				s.run(splitArgs(line))
 			}
@@ -120,6 +128,8 @@ func (s *script) run(args []string) {
 		s.expect(args[0])
 	case "expect-event":
 		s.expectEvent(args[0], args[1], args[2])
+	case "expect-metric":
+		s.expectMetric(args[0], args[1])
 	case "stop":
 		s.server.shutdown()
 	case "start":
@@ -374,7 +384,7 @@ func matchKVs(want, got map[string]string) bool {
 			}
 			continue
 		}
-		if w != pretty(g) {
+		if compact(w) != compact(g) {
 			return false
 		}
 	}
@@ -387,6 +397,16 @@ func render(kvs map[string]string) string {
 		fmt.Fprintf(&b, "%s\n%s\n", k, pretty(kvs[k]))
 	}
 	return b.String()
+}
+
+// compact removes the insignificant space of a JSON value (not its key
+// order) and leaves other values as they are.
+func compact(v string) string {
+	var b bytes.Buffer
+	if json.Valid([]byte(v)) && json.Compact(&b, []byte(v)) == nil {
+		return b.String()
+	}
+	return v
 }
 
 // pretty indents JSON values (keeping their key order, which is part of
@@ -424,6 +444,32 @@ func (s *script) expectEvent(kind, name, reason string) {
 		}
 		time.Sleep(50 * time.Millisecond) // polling the apiserver for an outcome, with a deadline
 	}
+}
+
+func (s *script) expectMetric(series, value string) {
+	s.t.Helper()
+	var last string
+	eventually(s.t, 30*time.Second, s.line, func() error {
+		resp, err := http.Get("http://" + s.server.srv.HealthAddress() + "/metrics")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		last = "absent"
+		for _, l := range strings.Split(string(body), "\n") {
+			if v, ok := strings.CutPrefix(l, series+" "); ok {
+				last = v
+				if v == value {
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("%s is %s, want %s", series, last, value)
+	})
 }
 
 // splitArgs splits a script line into words; single or double quotes keep

@@ -1,4 +1,4 @@
-//go:build testenv_pending
+//go:build testenv_pending || devkube
 
 package apiserver_test
 
