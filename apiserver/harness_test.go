@@ -4,6 +4,7 @@ package apiserver_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,12 +12,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/isthmus-mesh/isthmus/apiserver"
@@ -222,5 +221,20 @@ func eventually(t testing.TB, timeout time.Duration, what string, cond func() er
 	}
 }
 
-var _ = kubernetes.Interface(nil)
-var _ sync.Mutex
+
+func tlsConfig(c tls.Certificate, ca *certs.CA) *tls.Config {
+	return &tls.Config{Certificates: []tls.Certificate{c}, RootCAs: ca.Pool(), ServerName: "127.0.0.1"}
+}
+
+// writePair writes kp's certificate and key into dir.
+func writePair(t testing.TB, dir string, kp *certs.KeyPair) (certFile, keyFile string) {
+	t.Helper()
+	certFile, keyFile = filepath.Join(dir, "client.crt"), filepath.Join(dir, "client.key")
+	if err := os.WriteFile(certFile, kp.CertPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, kp.KeyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}

@@ -91,6 +91,11 @@ func NewWriter(logger *slog.Logger, cli *clientv3.Client, cfg WriterConfig) *Wri
 	if cfg.RetryBackoff <= 0 {
 		cfg.RetryBackoff = 100 * time.Millisecond
 	}
+	if cfg.Metrics.Keys != nil {
+		for _, label := range cfg.Prefixes {
+			cfg.Metrics.Keys.WithLabelValues(label).Set(0)
+		}
+	}
 	return &Writer{
 		cli:      cli,
 		logger:   logger,
