@@ -3,6 +3,7 @@ package meshetcd
 import (
 	"context"
 	"log/slog"
+	"strings"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -35,9 +36,24 @@ func (c *slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.Che
 	return ce
 }
 
+// expected are etcd warnings that the way the apiserver runs etcd makes
+// normal: they are logged at debug level.
+var expected = map[string]bool{
+	// Users have no password; clients authenticate by certificate only.
+	"simple token is not cryptographically signed": true,
+	// The HTTP listener is a unix socket in the data directory, on purpose.
+	"scheme is http or unix while key and cert files are present; ignoring key and cert files":           true,
+	"scheme is http or unix while --client-cert-auth is enabled; ignoring client cert auth for this URL": true,
+}
+
+// closing is logged at error level by etcd's listeners when it stops.
+const closing = "setting up serving from embedded etcd failed."
+
 func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
 	level := slog.LevelInfo
 	switch {
+	case expected[e.Message], e.Message == closing && closedError(fields):
+		level = slog.LevelDebug
 	case e.Level >= zapcore.ErrorLevel:
 		level = slog.LevelError
 	case e.Level == zapcore.WarnLevel:
@@ -67,4 +83,14 @@ func attrsOf(fields []zapcore.Field) []slog.Attr {
 		attrs = append(attrs, slog.Any(k, v))
 	}
 	return attrs
+}
+
+func closedError(fields []zapcore.Field) bool {
+	for _, f := range fields {
+		if err, ok := f.Interface.(error); ok && f.Type == zapcore.ErrorType {
+			msg := err.Error()
+			return strings.Contains(msg, "use of closed network connection") || strings.Contains(msg, "Server closed")
+		}
+	}
+	return false
 }
