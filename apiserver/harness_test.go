@@ -221,7 +221,6 @@ func eventually(t testing.TB, timeout time.Duration, what string, cond func() er
 	}
 }
 
-
 func tlsConfig(c tls.Certificate, ca *certs.CA) *tls.Config {
 	return &tls.Config{Certificates: []tls.Certificate{c}, RootCAs: ca.Pool(), ServerName: "127.0.0.1"}
 }

@@ -2,7 +2,10 @@ package meshetcd_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -155,22 +158,58 @@ func TestAccessRefusedCertificates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cli, err := env.Dial(env.ClientTLS(t, foreign)); err == nil {
-		cli.Close()
-		t.Error("certificate of another CA accepted")
-	}
 	expired, err := env.CA.Issue(certs.Request{CommonName: "remote", NotBefore: time.Now().Add(-2 * time.Hour), Validity: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cli, err := env.Dial(env.ClientTLS(t, expired)); err == nil {
-		cli.Close()
-		t.Error("expired certificate accepted")
-	}
-	// The control: a fresh certificate of the right CA gets in.
 	good, err := env.CA.IssueClient("remote", time.Hour)
 	if err != nil {
 		t.Fatal(err)
+	}
+	host := strings.TrimPrefix(env.Endpoints()[0], "https://")
+	// handshake speaks TLS to etcd's port and returns the server's verdict:
+	// with TLS 1.3 a refused client certificate shows at the first read.
+	handshake := func(kp *certs.KeyPair) error {
+		cfg := env.ClientTLS(t, kp)
+		cfg.NextProtos = []string{"h2"}
+		// Present the certificate whatever CAs the server asks for, so the
+		// server has to judge it.
+		cert := cfg.Certificates[0]
+		cfg.Certificates = nil
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", host, cfg)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		// The HTTP/2 preface; the server answers with its SETTINGS frame.
+		if _, err := c.Write([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")); err != nil {
+			return err
+		}
+		_, err = c.Read(make([]byte, 1))
+		return err
+	}
+	for _, tc := range []struct {
+		name string
+		kp   *certs.KeyPair
+		want string
+	}{
+		{"another CA", foreign, "unknown certificate authority"},
+		{"expired", expired, "expired certificate"},
+	} {
+		err := handshake(tc.kp)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("certificate of %s: %v, want a TLS alert %q", tc.name, err, tc.want)
+		}
+		if cli, err := env.Dial(env.ClientTLS(t, tc.kp)); err == nil {
+			cli.Close()
+			t.Errorf("etcd client with a certificate of %s connected", tc.name)
+		}
+	}
+	// The control: a fresh certificate of the right CA gets in.
+	if err := handshake(good); err != nil {
+		t.Fatalf("valid certificate refused at the TLS layer: %v", err)
 	}
 	cli, err := env.Dial(env.ClientTLS(t, good))
 	if err != nil {
