@@ -98,7 +98,7 @@ func (r *remoteReaders) run(ctx context.Context) {
 
 // currentRemoteReaders reads the ConfigMap once, at start, so the first
 // setup of the etcd users does not drop the users it lists.
-func currentRemoteReaders(ctx context.Context, logger *slog.Logger, kube kubernetes.Interface, static []string) ([]string, error) {
+func currentRemoteReaders(ctx context.Context, kube kubernetes.Interface, static []string) ([]string, error) {
 	set := make(map[string]bool)
 	for _, n := range static {
 		set[n] = true

@@ -28,7 +28,8 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
 )
 
-// Server is one cluster's mesh apiserver. Run it once.
+// Server is one cluster's mesh apiserver. Run it once; its other methods
+// are safe for concurrent use with Run.
 type Server struct {
 	logger  *slog.Logger
 	cfg     Config
@@ -119,7 +120,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.healthAddr = h.Addr()
 	}
 
-	remotes, err := currentRemoteReaders(ctx, s.logger, kube, s.cfg.RemoteClusters)
+	remotes, err := currentRemoteReaders(ctx, kube, s.cfg.RemoteClusters)
 	if err != nil {
 		return err
 	}

@@ -61,7 +61,7 @@ type Metrics struct {
 }
 
 // Exporter watches the cluster and keeps its mesh state in the Writer. Run
-// it once.
+// it once; WaitInitialExport is safe to call from other goroutines.
 type Exporter struct {
 	logger *slog.Logger
 	cfg    Config
