@@ -2,6 +2,13 @@ module github.com/isthmus-mesh/isthmus
 
 go 1.26.0
 
-require sigs.k8s.io/yaml v1.6.0
+require (
+	github.com/vishvananda/netlink v1.3.1
+	github.com/vishvananda/netns v0.0.5
+	sigs.k8s.io/yaml v1.6.0
+)
 
-require go.yaml.in/yaml/v2 v2.4.2 // indirect
+require (
+	go.yaml.in/yaml/v2 v2.4.2 // indirect
+	golang.org/x/sys v0.10.0 // indirect
+)
