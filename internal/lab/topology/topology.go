@@ -273,7 +273,7 @@ func New(c Config, slot int) (*Lab, error) {
 				Cgroup:          l.CgroupDir + "/" + name,
 				BPFDir:          l.BPFDir + "/" + name,
 				WireGuardDevice: "iwg" + shortHash(c.Name+"/"+name, 10),
-				PodNetnsPrefix:  NetnsPrefix(c.Name) + "pod.",
+				PodNetnsPrefix:  NetnsPrefix(c.Name) + name + ".",
 			})
 			nodeIndex++
 		}
