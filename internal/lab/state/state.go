@@ -197,3 +197,32 @@ type Event struct {
 	Ready   bool   `json:"ready,omitempty"`
 	Error   string `json:"error,omitempty"`
 }
+
+// Status is the supervisor's answer to GET /status on its control socket.
+type Status struct {
+	Name  string `json:"name"`
+	Ready bool   `json:"ready"`
+	// Lab is the topology; nil until the underlay exists.
+	Lab       *topology.Lab   `json:"lab,omitempty"`
+	Processes []ProcessStatus `json:"processes"`
+}
+
+// ProcessStatus describes one supervised process.
+type ProcessStatus struct {
+	Name     string    `json:"name"`
+	PID      int       `json:"pid,omitempty"`
+	State    string    `json:"state"`
+	Restarts int       `json:"restarts"`
+	Since    time.Time `json:"since"`
+	LastExit string    `json:"lastExit,omitempty"`
+	LogFile  string    `json:"logFile"`
+}
+
+// Control API paths on the supervisor's socket.
+const (
+	// PathStatus answers GET with a Status.
+	PathStatus = "/status"
+	// PathRestart restarts the process named by the "process" query
+	// parameter on POST, and answers once it is ready again.
+	PathRestart = "/restart"
+)

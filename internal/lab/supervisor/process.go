@@ -14,6 +14,7 @@ import (
 
 	"github.com/isthmus-mesh/isthmus/internal/lab/cgroup"
 	"github.com/isthmus-mesh/isthmus/internal/lab/nsexec"
+	"github.com/isthmus-mesh/isthmus/internal/lab/state"
 	"github.com/isthmus-mesh/isthmus/internal/logfields"
 )
 
@@ -49,15 +50,7 @@ type ProcessSpec struct {
 }
 
 // ProcessStatus is what the control API reports about a process.
-type ProcessStatus struct {
-	Name     string    `json:"name"`
-	PID      int       `json:"pid,omitempty"`
-	State    string    `json:"state"`
-	Restarts int       `json:"restarts"`
-	Since    time.Time `json:"since"`
-	LastExit string    `json:"lastExit,omitempty"`
-	LogFile  string    `json:"logFile"`
-}
+type ProcessStatus = state.ProcessStatus
 
 // Process states.
 const (
