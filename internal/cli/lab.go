@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -30,7 +32,7 @@ func (f *labFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.stateRoot, "state-root", state.DefaultRoot, "directory holding the labs' state directories")
 }
 
-func newLabCommand() *cobra.Command {
+func newLabCommand(_ *Options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "lab",
 		Short: "Run a local multi-cluster lab on this machine (needs root)",
@@ -290,9 +292,18 @@ Standard input, output and the exit code pass through.`,
 			if err != nil {
 				return err
 			}
-			return l.Exec(cmd.Context(), args[0], ns, pod, args[2:], lab.Stdio{
+			err = l.Exec(cmd.Context(), args[0], ns, pod, args[2:], lab.Stdio{
 				Stdin: cmd.InOrStdin(), Stdout: cmd.OutOrStdout(), Stderr: cmd.ErrOrStderr(),
 			})
+			var exit *exec.ExitError
+			if errors.As(err, &exit) {
+				code := exit.ExitCode()
+				if code < 0 {
+					code = 128 + int(exit.Sys().(syscall.WaitStatus).Signal())
+				}
+				return &ExitError{Code: code, Err: fmt.Errorf("command terminated with exit code %d", code)}
+			}
+			return err
 		},
 	}
 	f.register(cmd)

@@ -3,6 +3,8 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -22,6 +24,16 @@ import (
 // file descriptor 3, where its starter passed a pipe.
 
 const readyFD = 3
+
+// newLogger is the logger of the lab's own processes, whose stderr is a log
+// file: informational lines included, debug ones on request.
+func newLogger(w io.Writer, debug bool) *slog.Logger {
+	level := slog.LevelInfo
+	if debug {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
 
 // signalReady writes the readiness byte once.
 func signalReady() func() {
