@@ -214,6 +214,9 @@ func (b builder) build(ctx context.Context, dir string) error {
 	if err := logFile.Close(); err != nil {
 		return err
 	}
+	if err := os.Chmod(tmp, 0o755); err != nil { // MkdirTemp made it private
+		return err
+	}
 	if err := os.Rename(tmp, dir); err != nil {
 		return fmt.Errorf("move the binaries into the cache: %w", err)
 	}
