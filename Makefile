@@ -47,6 +47,10 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 generate: ## regenerate BPF objects and CRDs
 	$(GO) generate ./...
 
+.PHONY: verify-generated
+verify-generated: ## check committed BPF objects match their C sources (skips without clang-14)
+	GO=$(GO) datapath/bpf/verify-generated.sh
+
 .PHONY: verify
 verify: ## formatting, vet, go.mod tidiness
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed (make fmt):"; echo "$$out"; exit 1; fi
