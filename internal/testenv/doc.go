@@ -20,8 +20,10 @@
 //
 // The control-plane binaries come from internal/kubebin; the first run on a
 // machine builds them (minutes; `make kube` does it ahead of time). When they
-// cannot be built or the apiserver does not start, tests fail — they never
-// skip: nothing here needs root.
+// cannot be built or the apiserver does not start, tests fail — nothing here
+// needs root, so there is no reason to skip — except under -short (the unit
+// tier), where Kube skips. Etcd runs in every tier: it starts in well under
+// a second.
 //
 // It must not import apiserver/, agent/, datapath/ or cmd/, and only test
 // code may import it.

@@ -106,10 +106,13 @@ type Kube struct {
 }
 
 // Kube returns the shared control plane, starting it on first use, and a
-// fresh namespace for t. It fails t (never skips) when the control plane
-// cannot run.
+// fresh namespace for t. It fails t when the control plane cannot run; it
+// skips t only under -short, the unit tier, which runs no kube-apiserver.
 func (e *Env) Kube(t testing.TB) *Kube {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("testenv: runs a real kube-apiserver; not part of the unit tier (-short)")
+	}
 	e.mu.Lock()
 	inMain, stopped := e.inMain, e.stopped
 	e.mu.Unlock()
@@ -162,7 +165,7 @@ func (e *Env) Kube(t testing.TB) *Kube {
 }
 
 // StartupTime returns how long the shared control plane took to start,
-// binaries included; zero before it started.
+// binaries included. Call it after Kube.
 func (e *Env) StartupTime() time.Duration { return e.startup }
 
 // startMargin is kept between the start's deadline and the test's, so a

@@ -98,6 +98,7 @@ func TestKubeconfigAndVersion(t *testing.T) {
 
 // TestNamespacesAreFresh: each test gets its own namespace.
 func TestNamespacesAreFresh(t *testing.T) {
+	apiOnly.Kube(t) // skips under -short
 	var seen []string
 	for i := range 2 {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {
@@ -105,7 +106,7 @@ func TestNamespacesAreFresh(t *testing.T) {
 			seen = append(seen, k.Namespace)
 		})
 	}
-	if len(seen) != 2 || seen[0] == seen[1] {
+	if len(seen) != 2 || seen[0] == seen[1] || !strings.HasPrefix(seen[0], "testnamespacesarefresh-0-") {
 		t.Errorf("namespaces %v, want two distinct", seen)
 	}
 }
