@@ -58,7 +58,8 @@ type Config struct {
 	Cgroups cgroup.Hierarchy
 	// BPFRoot is the bpffs mount; empty means /sys/fs/bpf.
 	BPFRoot string
-	// StartControlPlane starts a cluster's control plane. Required.
+	// StartControlPlane starts a cluster's control plane; nil means
+	// StartRealControlPlane.
 	StartControlPlane StartControlPlaneFunc
 	// Progress, if set, receives a line for each step.
 	Progress func(msg string)
@@ -88,6 +89,9 @@ func Run(ctx context.Context, logger *slog.Logger, cfg Config) error {
 	}
 	if cfg.Progress == nil {
 		cfg.Progress = func(string) {}
+	}
+	if cfg.StartControlPlane == nil {
+		cfg.StartControlPlane = StartRealControlPlane
 	}
 	var plan state.Plan
 	if err := state.ReadJSON(cfg.Dir.PlanFile(), &plan); err != nil {
