@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"sync"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -57,6 +58,10 @@ func newLabSupervise() *cobra.Command {
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			// fd 3 is the lab lock `up` took, fd 4 the progress pipe.
+			// Inherited descriptors lack close-on-exec; without it every
+			// child would hold the lock past the supervisor's death.
+			syscall.CloseOnExec(3)
+			syscall.CloseOnExec(4)
 			lock := os.NewFile(3, "lock")
 			defer lock.Close()
 			if err := state.SetLockPID(lock, os.Getpid()); err != nil {

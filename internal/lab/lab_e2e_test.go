@@ -188,6 +188,30 @@ func TestLab(t *testing.T) {
 		}
 	})
 
+	t.Run("a restarted kubelet brings its pods back", func(t *testing.T) {
+		pod := waitRunning(ctx, t, k1, "echo", 1)[0]
+		if err := l.Restart(ctx, "kubelet/"+pod.Spec.NodeName); err != nil {
+			t.Fatal(err)
+		}
+		// The old workload died with the old kubelet; the new one rebuilds
+		// the pod with its address and serves again.
+		other := c1.Nodes[0]
+		if other.Name == pod.Spec.NodeName {
+			other = c1.Nodes[1]
+		}
+		var err error
+		eventually(ctx, t, "the pod to answer after the kubelet restart", func() bool {
+			err = nsexec.Do(nsexec.Path(other.Netns), func() error {
+				return dialTCP(netip.MustParseAddr(pod.Status.PodIP), 8080, time.Second)
+			})
+			return err == nil
+		}, func() string { return fmt.Sprint(err) })
+		again := waitRunning(ctx, t, k1, "echo", 1)[0]
+		if again.UID != pod.UID || again.Status.PodIP != pod.Status.PodIP {
+			t.Errorf("after the restart: pod %s IP %s, was %s IP %s", again.UID, again.Status.PodIP, pod.UID, pod.Status.PodIP)
+		}
+	})
+
 	t.Run("status", func(t *testing.T) {
 		st, err := l.Status(ctx)
 		if err != nil {
@@ -196,10 +220,15 @@ func TestLab(t *testing.T) {
 		if !st.Ready || len(st.Processes) != 4 {
 			t.Errorf("status: ready=%v, processes %+v", st.Ready, st.Processes)
 		}
+		restarts := 0
 		for _, p := range st.Processes {
 			if p.State != "running" || p.PID == 0 {
 				t.Errorf("process %+v", p)
 			}
+			restarts += p.Restarts
+		}
+		if restarts != 1 {
+			t.Errorf("status counts %d restarts, want the 1 of the restart test", restarts)
 		}
 	})
 
