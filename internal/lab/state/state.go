@@ -60,7 +60,9 @@ func (d Dir) ControlSocket() string { return d.path("control.sock") }
 func (d Dir) Kubeconfig() string    { return d.path("kubeconfig") }
 
 // ControlPlaneDir is the data directory of a cluster's control plane.
-func (d Dir) ControlPlaneDir(cluster string) string { return d.path("clusters", cluster, "controlplane") }
+func (d Dir) ControlPlaneDir(cluster string) string {
+	return d.path("clusters", cluster, "controlplane")
+}
 
 // MeshDir holds a cluster's mesh certificates and isthmus-apiserver data.
 func (d Dir) MeshDir(cluster string) string { return d.path("clusters", cluster, "mesh") }
