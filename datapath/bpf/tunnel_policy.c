@@ -41,6 +41,11 @@ volatile const __u32 l2_len = 0;
 volatile const __u64 ct_lifetime_tcp_ns = 6ULL * 3600 * 1000000000;
 volatile const __u64 ct_lifetime_other_ns = 60ULL * 1000000000;
 
+/* Puts struct flow_event into this object's BTF (a local variable's type
+ * would not be), where the Go test checks maps.FlowRecord against it. It
+ * lives in .rodata, which this object has anyway for the constants above. */
+const struct flow_event flow_event_btf __attribute__((used)) = {};
+
 #define CT_REFRESH_NS 1000000000ULL /* write last_seen at most once a second */
 
 #define ICMP_ECHO_REQUEST   8

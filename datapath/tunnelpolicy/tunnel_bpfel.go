@@ -31,6 +31,7 @@ const (
 	tunnelProgIsthmusTunOut    = "isthmus_tun_out"
 	tunnelVarCtLifetimeOtherNs = "ct_lifetime_other_ns"
 	tunnelVarCtLifetimeTcpNs   = "ct_lifetime_tcp_ns"
+	tunnelVarFlowEventBtf      = "flow_event_btf"
 	tunnelVarL2Len             = "l2_len"
 )
 
@@ -103,6 +104,7 @@ type tunnelMapSpecs struct {
 type tunnelVariableSpecs struct {
 	CtLifetimeOtherNs *ebpf.VariableSpec `ebpf:"ct_lifetime_other_ns"`
 	CtLifetimeTcpNs   *ebpf.VariableSpec `ebpf:"ct_lifetime_tcp_ns"`
+	FlowEventBtf      *ebpf.VariableSpec `ebpf:"flow_event_btf"`
 	L2Len             *ebpf.VariableSpec `ebpf:"l2_len"`
 }
 
@@ -161,6 +163,7 @@ func (m *tunnelMaps) Close() error {
 type tunnelVariables struct {
 	CtLifetimeOtherNs *ebpf.Variable `ebpf:"ct_lifetime_other_ns"`
 	CtLifetimeTcpNs   *ebpf.Variable `ebpf:"ct_lifetime_tcp_ns"`
+	FlowEventBtf      *ebpf.Variable `ebpf:"flow_event_btf"`
 	L2Len             *ebpf.Variable `ebpf:"l2_len"`
 }
 
