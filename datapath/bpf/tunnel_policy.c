@@ -267,7 +267,10 @@ static __always_inline void ipcache_lookup(const __u8 *addr, int v4, __u32 *iden
 		k.family = IPCACHE_FAMILY_IPV6;
 		__builtin_memcpy(k.addr, addr, 16);
 	}
-	v = bpf_map_lookup_elem(&isthmus_ipcache, &k);
+	/* Host entries first: O(1), and the longest match when present. */
+	v = bpf_map_lookup_elem(&isthmus_iphosts, &k);
+	if (!v)
+		v = bpf_map_lookup_elem(&isthmus_ipcache, &k);
 	if (v) {
 		*identity = v->identity;
 		*cluster = v->cluster_id;

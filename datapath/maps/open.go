@@ -44,6 +44,8 @@ type Config struct {
 	Root string
 
 	// Max entries per map; zero means the Default* constant of the same name.
+	// IPCacheMaxEntries sizes both halves of the ipcache (host entries and
+	// shorter prefixes); neither preallocates.
 	IPCacheMaxEntries     uint32
 	FrontendMaxEntries    uint32
 	SlotMaxEntries        uint32
@@ -87,6 +89,7 @@ func (c Config) withDefaults() Config {
 func (c Config) maxEntries() map[string]uint32 {
 	return map[string]uint32{
 		NameIPCache:     c.IPCacheMaxEntries,
+		NameIPHosts:     c.IPCacheMaxEntries,
 		NameFrontends:   c.FrontendMaxEntries,
 		NameSlots:       c.SlotMaxEntries,
 		NameBackends:    c.BackendMaxEntries,
@@ -196,7 +199,7 @@ func Open(cfg Config) (_ *Maps, err error) {
 		}
 	}
 
-	m.IPCache = &IPCache{m: m.byName[NameIPCache]}
+	m.IPCache = &IPCache{trie: m.byName[NameIPCache], hosts: m.byName[NameIPHosts]}
 	m.Services = newServices(m.byName[NameFrontends], m.byName[NameSlots], m.byName[NameBackends])
 	m.Policy = &Policy{m: m.byName[NamePolicy]}
 	m.Enforcement = &Enforcement{m: m.byName[NameEnforcement]}

@@ -37,9 +37,21 @@ func TestMain(m *testing.M) {
 type op struct {
 	Kind string `json:"kind"` // tcp, tcp6mapped, udp, udpconnected, bench
 	Addr string `json:"addr"` // host:port to use
-	N    int    `json:"n"`    // bench: connects to make (round robin over Addrs)
-	// Addrs for bench.
-	Addrs []string `json:"addrs,omitempty"`
+	// bench: N connects per variant, in batches of Batch, variants
+	// interleaved batch by batch.
+	N        int       `json:"n,omitempty"`
+	Batch    int       `json:"batch,omitempty"`
+	Variants []variant `json:"variants,omitempty"`
+}
+
+// variant is one way of connecting, for benchmarks: where the client
+// runs (namespace and cgroup) and which addresses it connects to, round
+// robin.
+type variant struct {
+	Name   string   `json:"name"`
+	Netns  string   `json:"netns"`
+	Cgroup string   `json:"cgroup"`
+	Addrs  []string `json:"addrs"`
 }
 
 // result is what an operation saw.
@@ -47,7 +59,8 @@ type result struct {
 	Backend string `json:"backend,omitempty"` // name the server answered with
 	Peer    string `json:"peer,omitempty"`    // getpeername, or the datagram's source
 	Err     string `json:"err,omitempty"`
-	Nanos   int64  `json:"nanos,omitempty"` // bench: total time of the connects
+	// bench: per variant, the duration of each batch in nanoseconds.
+	Batches map[string][]int64 `json:"batches,omitempty"`
 }
 
 type clientSpec struct {
@@ -63,13 +76,15 @@ func runClient(raw string) int {
 	}
 	// Sockets created on this thread belong to the test namespace.
 	runtime.LockOSThread()
-	ns, err := netns.GetFromPath(spec.Netns)
-	if err == nil {
-		err = netns.Set(ns)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "enter netns:", err)
-		return 2
+	if spec.Netns != "" {
+		ns, err := netns.GetFromPath(spec.Netns)
+		if err == nil {
+			err = netns.Set(ns)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "enter netns:", err)
+			return 2
+		}
 	}
 	out := make([]result, 0, len(spec.Ops))
 	for _, o := range spec.Ops {
@@ -92,7 +107,7 @@ func (o op) run() result {
 	case "udpconnected":
 		return udpConnected(o.Addr)
 	case "bench":
-		return benchConnects(o.Addrs, o.N)
+		return benchInterleaved(o.Variants, o.N, o.Batch)
 	}
 	return result{Err: "unknown op " + o.Kind}
 }
@@ -222,32 +237,61 @@ func udpConnected(addr string) result {
 	return result{Backend: string(buf[:n]), Peer: peer}
 }
 
-// benchConnects times n TCP connects, round robin over addrs, each closed
-// with an RST (SO_LINGER 0) so that no TIME_WAIT piles up.
-func benchConnects(addrs []string, n int) result {
-	sas := make([]unix.Sockaddr, len(addrs))
-	for i, a := range addrs {
-		ap, err := netip.ParseAddrPort(a)
+// benchInterleaved times connects for each variant, batch by batch and
+// variant by variant in rotating order, so that a change in machine load
+// hits every variant alike. Before each batch the process moves itself
+// into the variant's cgroup and this thread into its namespace: a socket
+// belongs to the cgroup and namespace current at its creation.
+func benchInterleaved(vs []variant, n, batch int) result {
+	res := result{Batches: make(map[string][]int64)}
+	nss := make([]netns.NsHandle, len(vs))
+	sas := make([][]unix.Sockaddr, len(vs))
+	for i, v := range vs {
+		ns, err := netns.GetFromPath(v.Netns)
 		if err != nil {
 			return errResult(err)
 		}
-		sas[i] = &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}
+		defer ns.Close()
+		nss[i] = ns
+		for _, a := range v.Addrs {
+			ap, err := netip.ParseAddrPort(a)
+			if err != nil {
+				return errResult(err)
+			}
+			sas[i] = append(sas[i], &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())})
+		}
 	}
+	pid := []byte(fmt.Sprint(os.Getpid()))
 	linger := unix.Linger{Onoff: 1, Linger: 0}
-	start := time.Now()
-	for i := range n {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return errResult(err)
+	for round := 0; round*batch < n; round++ {
+		for j := range vs {
+			i := (round + j) % len(vs)
+			v := vs[i]
+			if err := os.WriteFile(v.Cgroup+"/cgroup.procs", pid, 0); err != nil {
+				return errResult(fmt.Errorf("join cgroup %s: %w", v.Cgroup, err))
+			}
+			if err := netns.Set(nss[i]); err != nil {
+				return errResult(err)
+			}
+			start := time.Now()
+			for k := range batch {
+				fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+				if err != nil {
+					return errResult(err)
+				}
+				sa := sas[i][(round*batch+k)%len(sas[i])]
+				if err := unix.Connect(fd, sa); err != nil {
+					unix.Close(fd)
+					return errResult(fmt.Errorf("%s: connect to %v: %w", v.Name, v.Addrs[(round*batch+k)%len(sas[i])], err))
+				}
+				// RST on close: no TIME_WAIT piles up over the run.
+				_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &linger)
+				unix.Close(fd)
+			}
+			res.Batches[v.Name] = append(res.Batches[v.Name], time.Since(start).Nanoseconds())
 		}
-		if err := unix.Connect(fd, sas[i%len(sas)]); err != nil {
-			unix.Close(fd)
-			return errResult(fmt.Errorf("connect %d to %s: %w", i, addrs[i%len(addrs)], err))
-		}
-		_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &linger)
-		unix.Close(fd)
 	}
-	return result{Nanos: time.Since(start).Nanoseconds()}
+	return res
 }
 
 // runClientIn starts the client in cgroup (or in none when cgroup is "")

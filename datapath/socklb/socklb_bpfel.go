@@ -20,6 +20,7 @@ const (
 	socklbMapIsthmusCt      = "isthmus_ct"
 	socklbMapIsthmusFlows   = "isthmus_flows"
 	socklbMapIsthmusIpcache = "isthmus_ipcache"
+	socklbMapIsthmusIphosts = "isthmus_iphosts"
 	socklbMapIsthmusLbBe    = "isthmus_lb_be"
 	socklbMapIsthmusLbFe    = "isthmus_lb_fe"
 	socklbMapIsthmusLbRnat  = "isthmus_lb_rnat"
@@ -97,6 +98,7 @@ type socklbMapSpecs struct {
 	IsthmusCt      *ebpf.MapSpec `ebpf:"isthmus_ct"`
 	IsthmusFlows   *ebpf.MapSpec `ebpf:"isthmus_flows"`
 	IsthmusIpcache *ebpf.MapSpec `ebpf:"isthmus_ipcache"`
+	IsthmusIphosts *ebpf.MapSpec `ebpf:"isthmus_iphosts"`
 	IsthmusLbBe    *ebpf.MapSpec `ebpf:"isthmus_lb_be"`
 	IsthmusLbFe    *ebpf.MapSpec `ebpf:"isthmus_lb_fe"`
 	IsthmusLbRnat  *ebpf.MapSpec `ebpf:"isthmus_lb_rnat"`
@@ -136,6 +138,7 @@ type socklbMaps struct {
 	IsthmusCt      *ebpf.Map `ebpf:"isthmus_ct"`
 	IsthmusFlows   *ebpf.Map `ebpf:"isthmus_flows"`
 	IsthmusIpcache *ebpf.Map `ebpf:"isthmus_ipcache"`
+	IsthmusIphosts *ebpf.Map `ebpf:"isthmus_iphosts"`
 	IsthmusLbBe    *ebpf.Map `ebpf:"isthmus_lb_be"`
 	IsthmusLbFe    *ebpf.Map `ebpf:"isthmus_lb_fe"`
 	IsthmusLbRnat  *ebpf.Map `ebpf:"isthmus_lb_rnat"`
@@ -151,6 +154,7 @@ func (m *socklbMaps) Close() error {
 		m.IsthmusCt,
 		m.IsthmusFlows,
 		m.IsthmusIpcache,
+		m.IsthmusIphosts,
 		m.IsthmusLbBe,
 		m.IsthmusLbFe,
 		m.IsthmusLbRnat,

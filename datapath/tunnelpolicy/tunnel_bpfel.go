@@ -20,6 +20,7 @@ const (
 	tunnelMapIsthmusCt         = "isthmus_ct"
 	tunnelMapIsthmusFlows      = "isthmus_flows"
 	tunnelMapIsthmusIpcache    = "isthmus_ipcache"
+	tunnelMapIsthmusIphosts    = "isthmus_iphosts"
 	tunnelMapIsthmusLbBe       = "isthmus_lb_be"
 	tunnelMapIsthmusLbFe       = "isthmus_lb_fe"
 	tunnelMapIsthmusLbRnat     = "isthmus_lb_rnat"
@@ -89,6 +90,7 @@ type tunnelMapSpecs struct {
 	IsthmusCt      *ebpf.MapSpec `ebpf:"isthmus_ct"`
 	IsthmusFlows   *ebpf.MapSpec `ebpf:"isthmus_flows"`
 	IsthmusIpcache *ebpf.MapSpec `ebpf:"isthmus_ipcache"`
+	IsthmusIphosts *ebpf.MapSpec `ebpf:"isthmus_iphosts"`
 	IsthmusLbBe    *ebpf.MapSpec `ebpf:"isthmus_lb_be"`
 	IsthmusLbFe    *ebpf.MapSpec `ebpf:"isthmus_lb_fe"`
 	IsthmusLbRnat  *ebpf.MapSpec `ebpf:"isthmus_lb_rnat"`
@@ -132,6 +134,7 @@ type tunnelMaps struct {
 	IsthmusCt      *ebpf.Map `ebpf:"isthmus_ct"`
 	IsthmusFlows   *ebpf.Map `ebpf:"isthmus_flows"`
 	IsthmusIpcache *ebpf.Map `ebpf:"isthmus_ipcache"`
+	IsthmusIphosts *ebpf.Map `ebpf:"isthmus_iphosts"`
 	IsthmusLbBe    *ebpf.Map `ebpf:"isthmus_lb_be"`
 	IsthmusLbFe    *ebpf.Map `ebpf:"isthmus_lb_fe"`
 	IsthmusLbRnat  *ebpf.Map `ebpf:"isthmus_lb_rnat"`
@@ -147,6 +150,7 @@ func (m *tunnelMaps) Close() error {
 		m.IsthmusCt,
 		m.IsthmusFlows,
 		m.IsthmusIpcache,
+		m.IsthmusIphosts,
 		m.IsthmusLbBe,
 		m.IsthmusLbFe,
 		m.IsthmusLbRnat,
