@@ -401,3 +401,24 @@ func TestFlowEventsCanBeSilenced(t *testing.T) {
 		t.Fatalf("Read with a cancelled context: %v", err)
 	}
 }
+
+func TestFlowReaderCloseInterruptsRead(t *testing.T) {
+	f := newFixture(t, Config{Ethernet: true})
+	errc := make(chan error, 1)
+	go func() {
+		_, err := f.flows.Read(context.Background())
+		errc <- err
+	}()
+	// Whether Close lands before or during the Read, Read must end.
+	if err := f.flows.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errc:
+		if err != ErrClosed {
+			t.Fatalf("Read after Close: %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Read still blocked after Close")
+	}
+}
