@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/isthmus-mesh/isthmus/datapath/internal/bpftest"
 	"github.com/isthmus-mesh/isthmus/datapath/maps"
+	"github.com/isthmus-mesh/isthmus/internal/netnstest"
 )
 
 // BenchmarkConnect measures connect() latency (TCP handshake over
@@ -107,13 +107,13 @@ func BenchmarkConnect(b *testing.B) {
 		targets := spread(n, 64)
 		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
 			runConnects(b, []variant{
-				{Name: "no-lb", Netns: plain.ns, Cgroup: cgPlain, Addrs: plain.backendStrings()},
+				{Name: "no-lb", Netns: plain.ns.Path(), Cgroup: cgPlain, Addrs: plain.backendStrings()},
 				// The hooks run for every connect in the cgroup: their
 				// cost for an address that is not a service.
-				{Name: "no-lb-hooked", Netns: plain.ns, Cgroup: cg, Addrs: plain.backendStrings()},
-				{Name: "socklb", Netns: plain.ns, Cgroup: cg, Addrs: targets},
-				{Name: "iptables", Netns: ipt.ns, Cgroup: cgPlain, Addrs: targets},
-				{Name: "socklb-beside-iptables", Netns: ipt.ns, Cgroup: cg, Addrs: targets},
+				{Name: "no-lb-hooked", Netns: plain.ns.Path(), Cgroup: cg, Addrs: plain.backendStrings()},
+				{Name: "socklb", Netns: plain.ns.Path(), Cgroup: cg, Addrs: targets},
+				{Name: "iptables", Netns: ipt.ns.Path(), Cgroup: cgPlain, Addrs: targets},
+				{Name: "socklb-beside-iptables", Netns: ipt.ns.Path(), Cgroup: cg, Addrs: targets},
 			})
 		})
 	}
@@ -158,53 +158,52 @@ const benchBackends = 16
 // benchNet is a network namespace with backends listening on 10.244.0.1
 // and a route for the service range, as on a node.
 type benchNet struct {
-	ns       string
+	ns       *netnstest.Namespace
 	backends []netip.AddrPort
 }
 
 // newBenchNet listens on the ports of like, or on fresh ones when like is nil.
 func newBenchNet(b *testing.B, like []netip.AddrPort) *benchNet {
-	n := &benchNet{ns: bpftest.Netns(b)}
-	bpftest.InNetns(b, n.ns, func() {
-		// No dummy driver on every kernel: loopback carries both the
-		// backend address and the route that makes ClusterIPs routable
-		// (DNAT in OUTPUT happens after the first route lookup).
-		lo, err := netlink.LinkByName("lo")
+	n := &benchNet{ns: netnstest.NewNamespace(b, "isthmus-bench")}
+	// No dummy driver on every kernel: loopback carries both the backend
+	// address and the route that makes ClusterIPs routable (DNAT in OUTPUT
+	// happens after the first route lookup).
+	h := n.ns.Netlink(b)
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		b.Fatal(err)
+	}
+	addr, _ := netlink.ParseAddr("10.244.0.1/16")
+	if err := h.AddrAdd(lo, addr); err != nil {
+		b.Fatal(err)
+	}
+	_, svcRange, _ := net.ParseCIDR("10.96.0.0/12")
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: lo.Attrs().Index, Dst: svcRange}); err != nil {
+		b.Fatal(err)
+	}
+	for i := range benchBackends {
+		port := 0
+		if like != nil {
+			port = int(like[i].Port())
+		}
+		ln, err := n.ns.Listen("tcp4", fmt.Sprintf("10.244.0.1:%d", port))
 		if err != nil {
 			b.Fatal(err)
 		}
-		addr, _ := netlink.ParseAddr("10.244.0.1/16")
-		if err := netlink.AddrAdd(lo, addr); err != nil {
-			b.Fatal(err)
-		}
-		_, svcRange, _ := net.ParseCIDR("10.96.0.0/12")
-		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: lo.Attrs().Index, Dst: svcRange}); err != nil {
-			b.Fatal(err)
-		}
-		for i := range benchBackends {
-			port := 0
-			if like != nil {
-				port = int(like[i].Port())
-			}
-			ln, err := net.Listen("tcp4", fmt.Sprintf("10.244.0.1:%d", port))
-			if err != nil {
-				b.Fatal(err)
-			}
-			n.backends = append(n.backends, ln.Addr().(*net.TCPAddr).AddrPort())
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				for {
-					c, err := ln.Accept()
-					if err != nil {
-						return
-					}
-					c.Close()
+		n.backends = append(n.backends, ln.Addr().(*net.TCPAddr).AddrPort())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
 				}
-			}()
-			b.Cleanup(func() { ln.Close(); <-done })
-		}
-	})
+				c.Close()
+			}
+		}()
+		b.Cleanup(func() { ln.Close(); <-done })
+	}
 	return n
 }
 
@@ -258,10 +257,16 @@ func (n *benchNet) loadKubeProxyRules(restore string, count int) error {
 	rules.WriteString("-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n")
 	rules.WriteString("COMMIT\n")
 
-	cmd := exec.Command("ip", "netns", "exec", filepath.Base(n.ns), restore)
+	var out bytes.Buffer
+	cmd := exec.Command(restore)
 	cmd.Stdin = io.MultiReader(&chains, &rules)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("%s: %v: %s", restore, err, out)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := n.ns.Start(cmd)
+	if err == nil {
+		err = cmd.Wait()
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %v: %s", restore, err, out.String())
 	}
 	return nil
 }

@@ -13,13 +13,14 @@ import (
 
 	"github.com/isthmus-mesh/isthmus/datapath/internal/bpftest"
 	"github.com/isthmus-mesh/isthmus/datapath/maps"
+	"github.com/isthmus-mesh/isthmus/internal/netnstest"
 )
 
 type fixture struct {
 	m      *maps.Maps
 	lb     *LoadBalancer
 	cgroup string
-	ns     string
+	ns     *netnstest.Namespace
 }
 
 func smallMaps(root string) maps.Config {
@@ -52,20 +53,17 @@ func newFixture(t *testing.T) *fixture {
 	if err := lb.Attach(cg); err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{m: m, lb: lb, cgroup: cg, ns: bpftest.Netns(t)}
+	return &fixture{m: m, lb: lb, cgroup: cg, ns: netnstest.NewNamespace(t, "isthmus-socklb")}
 }
 
 // tcpBackend starts a TCP server in the test namespace that greets each
 // connection with its name.
 func (f *fixture) tcpBackend(t *testing.T, name, host string) netip.AddrPort {
 	t.Helper()
-	var ln net.Listener
-	bpftest.InNetns(t, f.ns, func() {
-		var err error
-		if ln, err = net.Listen("tcp", net.JoinHostPort(host, "0")); err != nil {
-			t.Fatal(err)
-		}
-	})
+	ln, err := f.ns.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -87,12 +85,12 @@ func (f *fixture) tcpBackend(t *testing.T, name, host string) netip.AddrPort {
 func (f *fixture) udpBackend(t *testing.T, name, host string) netip.AddrPort {
 	t.Helper()
 	var pc net.PacketConn
-	bpftest.InNetns(t, f.ns, func() {
-		var err error
-		if pc, err = net.ListenPacket("udp", net.JoinHostPort(host, "0")); err != nil {
-			t.Fatal(err)
-		}
-	})
+	if err := f.ns.Do(func() (err error) {
+		pc, err = net.ListenPacket("udp", net.JoinHostPort(host, "0"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -133,7 +131,7 @@ func repeat(kind, addr string, n int) []op {
 func (f *fixture) seen(t *testing.T, ops []op, wantPeer string) map[string]int {
 	t.Helper()
 	counts := map[string]int{}
-	for i, r := range runClientIn(t, f.cgroup, f.ns, ops) {
+	for i, r := range runClientIn(t, f.cgroup, f.ns.Path(), ops) {
 		if r.Err != "" {
 			t.Fatalf("%s %s: %s", ops[i].Kind, ops[i].Addr, r.Err)
 		}
@@ -224,7 +222,7 @@ func TestBackendsAddedAndRemoved(t *testing.T) {
 	if _, err := f.m.Services.Reconcile(nil); err != nil {
 		t.Fatal(err)
 	}
-	res := runClientIn(t, f.cgroup, f.ns, []op{{Kind: "tcp", Addr: vip}})
+	res := runClientIn(t, f.cgroup, f.ns.Path(), []op{{Kind: "tcp", Addr: vip}})
 	if !strings.Contains(res[0].Err, "network is unreachable") {
 		t.Fatalf("connect after the service went away: %+v, want unreachable (no rewrite)", res[0])
 	}
@@ -283,7 +281,7 @@ func TestNoGlobalServiceNoRewrite(t *testing.T) {
 		Frontend: maps.Frontend{Addr: netip.MustParseAddr("10.96.2.1"), Port: 80, Protocol: maps.ProtoTCP},
 		Backends: []maps.Backend{backend(other, 1, true)},
 	})
-	res := runClientIn(t, f.cgroup, f.ns, []op{
+	res := runClientIn(t, f.cgroup, f.ns.Path(), []op{
 		{Kind: "tcp", Addr: plain.String()}, // not a service: reaches its own address
 		{Kind: "tcp", Addr: "10.96.2.1:81"}, // service address, other port
 		{Kind: "udp", Addr: "10.96.2.1:80"}, // service address, other protocol
@@ -302,7 +300,7 @@ func TestNoGlobalServiceNoRewrite(t *testing.T) {
 	}
 
 	// A process outside the cgroup is not load balanced at all.
-	out := runClientIn(t, "", f.ns, []op{{Kind: "tcp", Addr: "10.96.2.1:80"}})
+	out := runClientIn(t, "", f.ns.Path(), []op{{Kind: "tcp", Addr: "10.96.2.1:80"}})
 	if !strings.Contains(out[0].Err, "network is unreachable") {
 		t.Errorf("connect from outside the cgroup: %+v, want unreachable", out[0])
 	}
@@ -353,10 +351,10 @@ func TestAttachSurvivesRestart(t *testing.T) {
 	if moved := pinnedLinkInfo(t, linkPath); moved.ID == after.ID {
 		t.Error("link not replaced when the cgroup changed")
 	}
-	if r := runClientIn(t, f.cgroup, f.ns, []op{{Kind: "tcp", Addr: "10.96.3.1:80"}}); !strings.Contains(r[0].Err, "unreachable") {
+	if r := runClientIn(t, f.cgroup, f.ns.Path(), []op{{Kind: "tcp", Addr: "10.96.3.1:80"}}); !strings.Contains(r[0].Err, "unreachable") {
 		t.Errorf("old cgroup still load balanced: %+v", r[0])
 	}
-	if r := runClientIn(t, cg2, f.ns, []op{{Kind: "tcp", Addr: "10.96.3.1:80"}}); r[0].Backend != "b" {
+	if r := runClientIn(t, cg2, f.ns.Path(), []op{{Kind: "tcp", Addr: "10.96.3.1:80"}}); r[0].Backend != "b" {
 		t.Errorf("new cgroup not load balanced: %+v", r[0])
 	}
 
@@ -366,7 +364,7 @@ func TestAttachSurvivesRestart(t *testing.T) {
 	if _, err := os.Stat(linkPath); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("link pin left after Detach: %v", err)
 	}
-	if r := runClientIn(t, cg2, f.ns, []op{{Kind: "tcp", Addr: "10.96.3.1:80"}}); !strings.Contains(r[0].Err, "unreachable") {
+	if r := runClientIn(t, cg2, f.ns.Path(), []op{{Kind: "tcp", Addr: "10.96.3.1:80"}}); !strings.Contains(r[0].Err, "unreachable") {
 		t.Errorf("still load balanced after Detach: %+v", r[0])
 	}
 }

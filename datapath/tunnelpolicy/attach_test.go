@@ -2,6 +2,7 @@ package tunnelpolicy
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -15,13 +16,14 @@ import (
 
 	"github.com/isthmus-mesh/isthmus/datapath/internal/bpftest"
 	"github.com/isthmus-mesh/isthmus/datapath/maps"
+	"github.com/isthmus-mesh/isthmus/internal/netnstest"
 )
 
 // tunDevice is a TUN device in a test namespace: an L3 device like the
 // userspace WireGuard's, so the programs meet packets that start at the IP
 // header, delivered by the real stack.
 type tunDevice struct {
-	ns      string
+	ns      *netnstest.Namespace
 	name    string
 	ifindex int
 	file    *os.File // write: packets the device receives; read: packets it sends
@@ -29,42 +31,50 @@ type tunDevice struct {
 
 func newTUN(t *testing.T) *tunDevice {
 	t.Helper()
-	d := &tunDevice{ns: bpftest.Netns(t), name: "ist" + bpftest.Suffix()}
-	bpftest.InNetns(t, d.ns, func() {
+	d := &tunDevice{ns: netnstest.NewNamespace(t, "isthmus-tun"), name: "ist" + bpftest.Suffix()}
+	// The device is created in the namespace of the thread that opens it.
+	err := d.ns.Do(func() error {
 		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 		if err != nil {
-			t.Fatalf("open /dev/net/tun: %v", err)
+			return fmt.Errorf("open /dev/net/tun: %w", err)
 		}
 		ifr, err := unix.NewIfreq(d.name)
+		if err == nil {
+			ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
+			err = unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
+		}
+		if err == nil {
+			err = unix.SetNonblock(fd, true)
+		}
 		if err != nil {
-			t.Fatal(err)
-		}
-		ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
-		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-			t.Fatalf("create TUN device: %v", err)
-		}
-		if err := unix.SetNonblock(fd, true); err != nil {
-			t.Fatal(err)
+			unix.Close(fd)
+			return fmt.Errorf("create TUN device: %w", err)
 		}
 		d.file = os.NewFile(uintptr(fd), d.name) // pollable: deadlines work
-		l, err := netlink.LinkByName(d.name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		d.ifindex = l.Attrs().Index
-		addr, _ := netlink.ParseAddr(localIP + "/24")
-		if err := netlink.AddrAdd(l, addr); err != nil {
-			t.Fatal(err)
-		}
-		if err := netlink.LinkSetUp(l); err != nil {
-			t.Fatal(err)
-		}
-		_, dst, _ := net.ParseCIDR("10.2.0.0/16")
-		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: d.ifindex, Dst: dst}); err != nil {
-			t.Fatal(err)
-		}
+		return nil
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { d.file.Close() }) // a non-persistent TUN goes with its fd
+
+	h := d.ns.Netlink(t)
+	l, err := h.LinkByName(d.name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.ifindex = l.Attrs().Index
+	addr, _ := netlink.ParseAddr(localIP + "/24")
+	if err := h.AddrAdd(l, addr); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetUp(l); err != nil {
+		t.Fatal(err)
+	}
+	_, dst, _ := net.ParseCIDR("10.2.0.0/16")
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: d.ifindex, Dst: dst}); err != nil {
+		t.Fatal(err)
+	}
 	return d
 }
 
@@ -72,12 +82,12 @@ func newTUN(t *testing.T) *tunDevice {
 func (d *tunDevice) udpListener(t *testing.T, port int) *net.UDPConn {
 	t.Helper()
 	var c *net.UDPConn
-	bpftest.InNetns(t, d.ns, func() {
-		var err error
-		if c, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(localIP), Port: port}); err != nil {
-			t.Fatal(err)
-		}
-	})
+	if err := d.ns.Do(func() (err error) {
+		c, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(localIP), Port: port})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { c.Close() })
 	return c
 }
@@ -138,20 +148,16 @@ func enforcingFixture(t *testing.T, cfg Config) (*fixture, *tunDevice) {
 
 func (f *fixture) attach(t *testing.T, e *Enforcer, d *tunDevice) {
 	t.Helper()
-	bpftest.InNetns(t, d.ns, func() {
-		if err := e.Attach(d.ifindex); err != nil {
-			t.Fatal(err)
-		}
-	})
+	if err := d.ns.Do(func() error { return e.Attach(d.ifindex) }); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (f *fixture) detach(t *testing.T, e *Enforcer, d *tunDevice) {
 	t.Helper()
-	bpftest.InNetns(t, d.ns, func() {
-		if err := e.Detach(d.ifindex); err != nil {
-			t.Fatal(err)
-		}
-	})
+	if err := d.ns.Do(func() error { return e.Detach(d.ifindex) }); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestTCXOnTUNDevice(t *testing.T) {
@@ -173,12 +179,12 @@ func TestTCXOnTUNDevice(t *testing.T) {
 	// Egress: a local socket's packet leaves through the device when
 	// allowed (egress is not enforced) and is tracked for its reply.
 	var c *net.UDPConn
-	bpftest.InNetns(t, d.ns, func() {
-		var err error
-		if c, err = net.DialUDP("udp4", &net.UDPAddr{IP: net.ParseIP(localIP), Port: 6000}, &net.UDPAddr{IP: net.ParseIP(remoteIP), Port: 53}); err != nil {
-			t.Fatal(err)
-		}
-	})
+	if err := d.ns.Do(func() (err error) {
+		c, err = net.DialUDP("udp4", &net.UDPAddr{IP: net.ParseIP(localIP), Port: 6000}, &net.UDPAddr{IP: net.ParseIP(remoteIP), Port: 53})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
 	defer c.Close()
 	if _, err := c.Write([]byte("query")); err != nil {
 		t.Fatal(err)
@@ -289,23 +295,22 @@ func TestClsactOnTUNDevice(t *testing.T) {
 
 func ourFilters(t *testing.T, d *tunDevice) int {
 	t.Helper()
+	h := d.ns.Netlink(t)
+	l, err := h.LinkByIndex(d.ifindex)
+	if err != nil {
+		t.Fatal(err)
+	}
 	n := 0
-	bpftest.InNetns(t, d.ns, func() {
-		l, err := netlink.LinkByIndex(d.ifindex)
+	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+		fs, err := h.FilterList(l, parent)
 		if err != nil {
-			t.Fatal(err)
+			continue // no clsact qdisc
 		}
-		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
-			fs, err := netlink.FilterList(l, parent)
-			if err != nil {
-				continue
-			}
-			for _, f := range fs {
-				if bf, ok := f.(*netlink.BpfFilter); ok && bf.Priority == clsactPriority {
-					n++
-				}
+		for _, f := range fs {
+			if bf, ok := f.(*netlink.BpfFilter); ok && bf.Priority == clsactPriority {
+				n++
 			}
 		}
-	})
+	}
 	return n
 }
