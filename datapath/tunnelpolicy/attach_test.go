@@ -314,3 +314,24 @@ func ourFilters(t *testing.T, d *tunDevice) int {
 	}
 	return n
 }
+
+// TestDetachNameAfterDeviceGone: tcx links go with their device, but their
+// pins stay until DetachName removes them; attaching to a new device of
+// the same name replaces them.
+func TestDetachNameAfterDeviceGone(t *testing.T) {
+	f, d := enforcingFixture(t, Config{Mode: AttachTCX})
+	f.attach(t, f.e, d)
+	pin := filepath.Join(f.m.Root(), LinkDir, "tcx_"+d.name+"_ingress")
+	if err := d.file.Close(); err != nil { // removes the TUN device
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(pin); err != nil {
+		t.Fatalf("pin gone with the device: %v", err)
+	}
+	if err := f.e.DetachName(d.name); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(pin); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("pin left after DetachName: %v", err)
+	}
+}
