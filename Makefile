@@ -52,7 +52,7 @@ verify-generated: ## check committed BPF objects match their C sources (skips wi
 	GO=$(GO) datapath/bpf/verify-generated.sh
 
 .PHONY: verify
-verify: ## formatting, vet, go.mod tidiness
+verify: verify-generated ## formatting, vet, go.mod tidiness, generated files up to date
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed (make fmt):"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum not tidy (make tidy)"; $(GO) mod tidy -diff; exit 1; }

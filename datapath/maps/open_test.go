@@ -14,6 +14,7 @@ import (
 	"github.com/cilium/ebpf/btf"
 
 	"github.com/isthmus-mesh/isthmus/datapath/internal/bpftest"
+	"github.com/isthmus-mesh/isthmus/internal/privileged"
 )
 
 func TestOpenCreatesPinsAndReusesThem(t *testing.T) {
@@ -207,7 +208,7 @@ func TestBpftoolDumpPinned(t *testing.T) {
 	root := bpftest.PinRoot(t)
 	bpftool, err := exec.LookPath("bpftool")
 	if err != nil {
-		t.Skip("bpftool not installed")
+		privileged.Unavailable(t, "bpftool is not installed (Debian package bpftool)")
 	}
 	m := openMaps(t, smallConfig(root))
 	if err := m.IPCache.Upsert(mustPrefix(t, "10.1.0.0/16"), IPCacheEntry{Identity: 196864, ClusterID: 3}); err != nil {
