@@ -55,7 +55,10 @@ type policy struct {
 	ruleID  uint32
 	spec    policySpec
 	subject *selector // nil: selects nothing
-	rules   []*rule
+	// subjects are the members of subject that get entries (all of them,
+	// or those on this node): what a new peer pairs with.
+	subjects map[protocol.NumericIdentity]*identity
+	rules    []*rule
 }
 
 // rule is one compiled rule of a policy in force.
@@ -178,6 +181,11 @@ func (c *Compiler) subject(ident *identity) bool {
 // subjectChanged adds (+1) or removes (-1) the entries and enforcement of
 // local identity x as an endpoint p selects.
 func (c *Compiler) subjectChanged(p *policy, x *identity, delta int32) {
+	if delta > 0 {
+		p.subjects[x.id] = x
+	} else {
+		delete(p.subjects, x.id)
+	}
 	c.table.addEnforce(x.id, p.spec.ingress, p.spec.egress, delta)
 	for _, r := range p.rules {
 		if r.anyPeer {
@@ -196,13 +204,8 @@ func (c *Compiler) subjectChanged(p *policy, x *identity, delta int32) {
 // peerChanged adds or removes the entries of remote identity y as a peer
 // of rule r.
 func (c *Compiler) peerChanged(r *rule, y *identity, delta int32) {
-	if r.p.subject == nil {
-		return
-	}
-	for _, x := range r.p.subject.members {
-		if c.subject(x) {
-			c.emit(r, x.id, y.id, delta)
-		}
+	for _, x := range r.p.subjects {
+		c.emit(r, x.id, y.id, delta)
 	}
 }
 
@@ -239,7 +242,7 @@ func (c *Compiler) UpsertPolicy(p *v1alpha1.MeshNetworkPolicy) error {
 	} else {
 		ruleID = c.allocRuleID()
 	}
-	np := &policy{ref: ref, ruleID: ruleID, spec: spec}
+	np := &policy{ref: ref, ruleID: ruleID, spec: spec, subjects: make(map[protocol.NumericIdentity]*identity)}
 	c.policies[ref] = np
 	c.byRuleID[ruleID] = np
 	if spec.subject != nil {
@@ -285,10 +288,8 @@ func (c *Compiler) DeletePolicy(namespace, name string) {
 
 func (c *Compiler) removePolicy(p *policy) {
 	if p.subject != nil {
-		for _, x := range p.subject.members {
-			if c.subject(x) {
-				c.subjectChanged(p, x, -1)
-			}
+		for _, x := range p.subjects {
+			c.subjectChanged(p, x, -1)
 		}
 		delete(p.subject.subjectOf, p)
 		c.index.release(p.subject)
