@@ -86,10 +86,11 @@ type IngressRule struct {
 	// matches only this cluster, whose traffic never crosses the mesh: to
 	// allow peers of other clusters, name them (matchLabels, or
 	// matchExpressions on that key, e.g. operator Exists for every
-	// cluster). A selector that does not mention
-	// io.kubernetes.pod.namespace matches only the policy's namespace (in
-	// every cluster it matches). A cluster that does not exist matches
-	// nothing.
+	// cluster). A selector that mentions neither
+	// io.kubernetes.pod.namespace nor a namespace label
+	// (io.cilium.k8s.namespace.labels.<key>) matches only the policy's
+	// namespace (in every cluster it matches). A cluster that does not
+	// exist matches nothing.
 	// +optional
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=64
