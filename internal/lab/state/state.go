@@ -52,12 +52,23 @@ func (d Dir) path(parts ...string) string {
 	return filepath.Join(append([]string{string(d)}, parts...)...)
 }
 
-func (d Dir) LockFile() string      { return d.path("lock") }
-func (d Dir) PlanFile() string      { return d.path("plan.json") }
-func (d Dir) StateFile() string     { return d.path("state.json") }
-func (d Dir) LogFile() string       { return d.path("supervisor.log") }
+// LockFile is the lock the supervisor holds while it lives.
+func (d Dir) LockFile() string { return d.path("lock") }
+
+// PlanFile holds the Plan the supervisor runs.
+func (d Dir) PlanFile() string { return d.path("plan.json") }
+
+// StateFile holds the State the supervisor publishes once ready.
+func (d Dir) StateFile() string { return d.path("state.json") }
+
+// LogFile is the supervisor's log.
+func (d Dir) LogFile() string { return d.path("supervisor.log") }
+
+// ControlSocket is the supervisor's control API.
 func (d Dir) ControlSocket() string { return d.path("control.sock") }
-func (d Dir) Kubeconfig() string    { return d.path("kubeconfig") }
+
+// Kubeconfig is the lab's admin kubeconfig.
+func (d Dir) Kubeconfig() string { return d.path("kubeconfig") }
 
 // ControlPlaneDir is the data directory of a cluster's control plane.
 func (d Dir) ControlPlaneDir(cluster string) string {
