@@ -27,6 +27,9 @@ func Down(ctx context.Context, stateRoot, name string) error {
 	if err := topology.ValidateName(name); err != nil {
 		return err
 	}
+	if err := requireRoot(); err != nil {
+		return err
+	}
 	dir := state.For(stateRoot, name)
 	var errs []error
 	if err := stopSupervisor(ctx, dir); err != nil {

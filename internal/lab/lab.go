@@ -115,6 +115,9 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if err := cfg.Config.Validate(); err != nil {
 		return nil, err
 	}
+	if err := requireRoot(); err != nil {
+		return nil, err
+	}
 	name := cfg.Name
 	progress := cfg.Progress
 	if progress == nil {
@@ -297,4 +300,13 @@ func logTail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return "\nlast lines of " + path + ":\n  " + strings.Join(lines, "\n  ")
+}
+
+// requireRoot says clearly that the lab needs root, before anything fails
+// with a bare "operation not permitted".
+func requireRoot() error {
+	if os.Geteuid() != 0 {
+		return errors.New("the lab needs root (network namespaces, cgroups, bpffs); run it as root, e.g. with sudo")
+	}
+	return nil
 }
