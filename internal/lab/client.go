@@ -197,5 +197,17 @@ func (l *Lab) EtcdEnv(kubeContext string) ([]string, error) {
 	if !st.Mesh {
 		return nil, fmt.Errorf("lab %q runs without the mesh, so %s has no mesh etcd; build isthmus-apiserver and isthmus-agent next to isthmus (make build) and start the lab again", l.Name(), c.Name)
 	}
-	return nil, errors.New("not reached")
+	files := []string{state.MeshCACert, state.MeshAdminCert, state.MeshAdminKey}
+	for _, f := range files {
+		if _, err := os.Stat(l.Dir.MeshFile(c.Name, f)); err != nil {
+			return nil, fmt.Errorf("mesh credentials of %s: %w", c.Name, err)
+		}
+	}
+	return []string{
+		"ETCDCTL_API=3",
+		"ETCDCTL_ENDPOINTS=" + c.MeshEndpoint(),
+		"ETCDCTL_CACERT=" + l.Dir.MeshFile(c.Name, state.MeshCACert),
+		"ETCDCTL_CERT=" + l.Dir.MeshFile(c.Name, state.MeshAdminCert),
+		"ETCDCTL_KEY=" + l.Dir.MeshFile(c.Name, state.MeshAdminKey),
+	}, nil
 }

@@ -12,8 +12,10 @@
 //	control.sock               the supervisor's HTTP control API (status, restart)
 //	kubeconfig                 admin kubeconfig, contexts <name>-c1, <name>-c2, ...
 //	clusters/<cluster>/controlplane/   etcd data, pki, kubeconfigs, logs/ of the control plane
-//	clusters/<cluster>/mesh/           mesh certificates, data and log of isthmus-apiserver
-//	nodes/<node>/              kubelet.json, kubelet.kubeconfig, kubelet.log, agent files
+//	clusters/<cluster>/mesh/           mesh CA and certificates (ca.crt, server.crt, admin.crt, ...),
+//	                                   apiserver.kubeconfig, etcd/ data and apiserver.log of isthmus-apiserver
+//	nodes/<node>/              kubelet.json, kubelet.kubeconfig, kubelet.log, agent.log
+//	nodes/<node>/agent/        the agent's state directory, kubeconfig and API socket (agent.sock)
 //
 // It must not import the supervisor, kubelet or CLI packages.
 package state
@@ -77,6 +79,21 @@ func (d Dir) ControlPlaneDir(cluster string) string {
 
 // MeshDir holds a cluster's mesh certificates and isthmus-apiserver data.
 func (d Dir) MeshDir(cluster string) string { return d.path("clusters", cluster, "mesh") }
+
+// Files of a cluster's mesh directory: its mesh CA, the etcd server
+// certificate of its isthmus-apiserver, and the admin-<cluster> client
+// certificate that `isthmus lab env` gives etcdctl.
+const (
+	MeshCACert     = "ca.crt"
+	MeshCAKey      = "ca.key"
+	MeshServerCert = "server.crt"
+	MeshServerKey  = "server.key"
+	MeshAdminCert  = "admin.crt"
+	MeshAdminKey   = "admin.key"
+)
+
+// MeshFile is the path of one of a cluster's mesh files.
+func (d Dir) MeshFile(cluster, name string) string { return d.path("clusters", cluster, "mesh", name) }
 
 // NodeDir holds a node's kubelet and agent files.
 func (d Dir) NodeDir(node string) string { return d.path("nodes", node) }

@@ -172,12 +172,35 @@ func (s *Supervisor) start(ctx context.Context, undo *undoStack) error {
 	if err := s.startProcesses(ctx, specs); err != nil {
 		return err
 	}
-	st := state.State{Lab: lab, SupervisorPID: os.Getpid(), Ready: time.Now()}
+	if s.meshEnabled() {
+		if err := s.startMesh(ctx); err != nil {
+			return err
+		}
+	}
+	st := state.State{Lab: lab, SupervisorPID: os.Getpid(), Ready: time.Now(), Mesh: s.meshEnabled()}
 	if err := state.WriteJSON(s.cfg.Dir.StateFile(), st); err != nil {
 		return err
 	}
 	s.log.Info("lab ready", logfields.Duration, time.Since(begin))
 	return nil
+}
+
+// startMesh starts one isthmus-apiserver per cluster, then one
+// isthmus-agent per node.
+func (s *Supervisor) startMesh(ctx context.Context) error {
+	s.cfg.Progress(fmt.Sprintf("starting %d mesh apiservers", len(s.lab.Clusters)))
+	specs, err := s.meshAPIServers(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.startProcesses(ctx, specs); err != nil {
+		return err
+	}
+	s.cfg.Progress(fmt.Sprintf("starting %d mesh agents", len(s.lab.Nodes())))
+	if specs, err = s.agents(); err != nil {
+		return err
+	}
+	return s.startProcesses(ctx, specs)
 }
 
 // startControlPlanes starts every cluster's control plane side by side.
