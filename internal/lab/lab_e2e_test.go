@@ -155,6 +155,31 @@ func TestLab(t *testing.T) {
 		}
 	})
 
+	t.Run("the workload runs in the pod's namespace and the node's cgroup", func(t *testing.T) {
+		hier, err := cgroup.Find()
+		if err != nil {
+			t.Fatal(err)
+		}
+		node, _ := topo.Node(to.Spec.NodeName)
+		podNS, err := os.Stat(nsexec.Path(node.PodNetns(string(to.UID))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pids, err := hier.Procs(node.Cgroup)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var inPod []int
+		for _, pid := range pids {
+			if ns, err := os.Stat(fmt.Sprintf("/proc/%d/ns/net", pid)); err == nil && os.SameFile(ns, podNS) {
+				inPod = append(inPod, pid)
+			}
+		}
+		if len(inPod) != 1 {
+			t.Errorf("processes of cgroup %s in pod %s's namespace: %v, want the one workload", node.Cgroup, to.Name, inPod)
+		}
+	})
+
 	t.Run("exec runs in the node cgroup and passes the exit code", func(t *testing.T) {
 		var out bytes.Buffer
 		if err := l.Exec(ctx, c1.Name, "default", from.Name, []string{"cat", "/proc/self/cgroup"}, lab.Stdio{Stdout: &out}); err != nil {

@@ -95,30 +95,34 @@ func (k *Kubelet) syncPod(ctx context.Context, key string) error {
 	return k.updatePodStatus(ctx, pod, rt)
 }
 
-func (k *Kubelet) startPod(ctx context.Context, key string, pod *corev1.Pod) (rt *podRuntime, err error) {
-	rt = &podRuntime{uid: pod.UID, hostNet: pod.Spec.HostNetwork, started: metav1.Now()}
-	defer func() {
-		if err != nil {
-			err = errors.Join(err, k.teardown(key, rt))
-		}
-	}()
+func (k *Kubelet) startPod(ctx context.Context, key string, pod *corev1.Pod) (*podRuntime, error) {
+	rt := &podRuntime{uid: pod.UID, hostNet: pod.Spec.HostNetwork, started: metav1.Now()}
+	if err := k.buildPod(ctx, key, pod, rt); err != nil {
+		// Undo whatever part was built.
+		return nil, errors.Join(err, k.teardown(key, rt))
+	}
+	k.setRuntime(key, rt)
+	k.log.Info("pod running", logfields.Pod, key, logfields.IP, rt.ip)
+	return rt, nil
+}
+
+// buildPod fills rt: the pod's address and network, and its running
+// workload.
+func (k *Kubelet) buildPod(ctx context.Context, key string, pod *corev1.Pod, rt *podRuntime) error {
+	var err error
 	if rt.hostNet {
 		rt.ip = k.cfg.NodeIP
 	} else {
 		preferred, _ := netip.ParseAddr(pod.Status.PodIP)
 		if rt.ip, err = k.pool.Allocate(string(pod.UID), preferred); err != nil {
-			return nil, err
+			return err
 		}
 		if rt.sandbox, err = k.cfg.Network.Setup(k.cfg.PodNetnsPrefix+string(pod.UID), string(pod.UID), rt.ip); err != nil {
-			return nil, fmt.Errorf("pod network: %w", err)
+			return fmt.Errorf("pod network: %w", err)
 		}
 	}
-	if rt.workload, err = k.startWorkload(ctx, key, pod, rt); err != nil {
-		return nil, err
-	}
-	k.setRuntime(key, rt)
-	k.log.Info("pod running", logfields.Pod, key, logfields.IP, rt.ip)
-	return rt, nil
+	rt.workload, err = k.startWorkload(ctx, key, pod, rt)
+	return err
 }
 
 func (k *Kubelet) startWorkload(ctx context.Context, key string, pod *corev1.Pod, rt *podRuntime) (*workload, error) {
@@ -152,10 +156,14 @@ func (k *Kubelet) finishDeletion(ctx context.Context, key string, pod *corev1.Po
 		GracePeriodSeconds: ptr.To[int64](0),
 		Preconditions:      &metav1.Preconditions{UID: &pod.UID},
 	})
-	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+	switch {
+	case err == nil:
+		k.log.Info("pod deleted", logfields.Pod, key)
+	case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
+		// Already gone, or replaced by a pod of the same name.
+	default:
 		return fmt.Errorf("delete pod: %w", err)
 	}
-	k.log.Info("pod deleted", logfields.Pod, key)
 	return nil
 }
 
