@@ -40,7 +40,15 @@ func newLabCommand(_ *Options) *cobra.Command {
 kube-controller-manager and kube-scheduler per cluster, and nodes and pods
 made of network namespaces, with a lab kubelet per node. Nodes of all
 clusters share one bridge, but pods reach only pods of their own cluster:
-traffic between clusters needs the mesh.
+traffic between clusters needs the mesh. When isthmus-apiserver and
+isthmus-agent sit next to the isthmus binary (make build), each cluster runs
+the mesh: one isthmus-apiserver per cluster and one agent per node.
+
+Deployments, ReplicaSets, EndpointSlices and scheduling are the real
+controllers'. No kube-proxy runs: Services get ClusterIPs and
+EndpointSlices, but a ClusterIP answers only through the mesh's socket load
+balancer (global services). Every container runs the lab's echo server on
+its declared ports, answering with its pod, node and cluster in JSON.
 
 State, logs and the kubeconfig of lab NAME live in /run/isthmus/lab/NAME.`,
 	}
@@ -173,9 +181,13 @@ func printStatus(w io.Writer, l *lab.Lab, st state.Status) {
 	fmt.Fprintf(w, "lab %q: %s; underlay %s, host link %s (%s)\n", st.Name, readiness, t.Underlay, t.HostLink, t.HostAddr)
 	fmt.Fprintf(w, "kubeconfig: %s\n\n", l.KubeconfigPath())
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "CLUSTER\tID\tKUBE-APISERVER\tMESH ETCD\tPOD CIDR\tSERVICE CIDR")
+	health := map[string]string{}
+	for _, c := range st.Clusters {
+		health[c.Name] = c.KubeAPIServer
+	}
+	fmt.Fprintln(tw, "CLUSTER\tID\tKUBE-APISERVER\tHEALTH\tMESH ETCD\tPOD CIDR\tSERVICE CIDR")
 	for _, c := range t.Clusters {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", c.Name, c.ID, c.KubeAPIURL(), c.MeshEndpoint(), c.PodCIDR, t.ServiceCIDR)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", c.Name, c.ID, c.KubeAPIURL(), health[c.Name], c.MeshEndpoint(), c.PodCIDR, t.ServiceCIDR)
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "NODE\tIP\tPOD CIDR\tNETNS\tCGROUP\tWIREGUARD")

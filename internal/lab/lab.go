@@ -8,7 +8,9 @@
 // node is a network namespace with its own cgroup and bpffs directory, run by
 // a lab kubelet (internal/lab/kubelet); pods are network namespaces running
 // the echo server (internal/lab/echo). See internal/lab/topology for the
-// addressing plan and internal/lab/state for the state directory.
+// addressing plan and internal/lab/state for the state directory. No
+// kube-proxy runs, so ClusterIPs answer only through the mesh's socket load
+// balancer.
 //
 // It must not import apiserver/, agent/ or datapath/.
 package lab

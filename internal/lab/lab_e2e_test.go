@@ -255,6 +255,9 @@ func TestLab(t *testing.T) {
 		if restarts != 1 {
 			t.Errorf("status counts %d restarts, want the 1 of the restart test", restarts)
 		}
+		if len(st.Clusters) != 2 || st.Clusters[0].KubeAPIServer != "ready" || st.Clusters[1].KubeAPIServer != "ready" {
+			t.Errorf("control planes: %+v", st.Clusters)
+		}
 	})
 
 	t.Run("down leaves nothing behind", func(t *testing.T) {

@@ -235,6 +235,16 @@ type Status struct {
 	// Lab is the topology; nil until the underlay exists.
 	Lab       *topology.Lab   `json:"lab,omitempty"`
 	Processes []ProcessStatus `json:"processes"`
+	// Clusters says how each control plane answers.
+	Clusters []ClusterStatus `json:"clusters,omitempty"`
+}
+
+// ClusterStatus is the health of one cluster's control plane.
+type ClusterStatus struct {
+	Name string `json:"name"`
+	// KubeAPIServer is "ready" when its /readyz answers ok, otherwise what
+	// went wrong.
+	KubeAPIServer string `json:"kubeAPIServer"`
 }
 
 // ProcessStatus describes one supervised process.

@@ -5,24 +5,56 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"time"
 
 	"github.com/isthmus-mesh/isthmus/internal/lab/state"
+	"github.com/isthmus-mesh/isthmus/internal/lab/topology"
 	"github.com/isthmus-mesh/isthmus/internal/logfields"
 )
 
-// Status reports the lab and its processes.
-func (s *Supervisor) Status() state.Status {
+// Status reports the lab, its processes and whether each kube-apiserver
+// answers.
+func (s *Supervisor) Status(ctx context.Context) state.Status {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	st := state.Status{Name: s.plan.Config.WithDefaults().Name, Ready: s.ready, Lab: s.lab}
 	for _, p := range s.processes {
 		st.Processes = append(st.Processes, p.Status())
 	}
+	planes := maps.Clone(s.planes)
+	lab := s.lab
+	s.mu.Unlock()
+	if lab == nil {
+		return st
+	}
+	for _, c := range lab.Clusters {
+		cs := state.ClusterStatus{Name: c.Name, KubeAPIServer: "not started"}
+		if cp, ok := planes[c.Name]; ok {
+			cs.KubeAPIServer = probeAPIServer(ctx, cp, c)
+		}
+		st.Clusters = append(st.Clusters, cs)
+	}
 	return st
+}
+
+func probeAPIServer(ctx context.Context, cp ControlPlane, c topology.Cluster) string {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	client, err := kubeClient(cp, c)
+	if err != nil {
+		return err.Error()
+	}
+	body, err := client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+	if err != nil {
+		return fmt.Sprintf("not ready: %v", err)
+	}
+	if string(body) != "ok" {
+		return "not ready: " + string(body)
+	}
+	return "ready"
 }
 
 // Restart restarts the supervised process called name and returns once it
@@ -46,7 +78,7 @@ func (s *Supervisor) serveControl(ctx context.Context) (stop func(), err error) 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+state.PathStatus, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(s.Status())
+		_ = json.NewEncoder(w).Encode(s.Status(r.Context()))
 	})
 	mux.HandleFunc("POST "+state.PathRestart, func(w http.ResponseWriter, r *http.Request) {
 		name := r.URL.Query().Get("process")
