@@ -36,12 +36,16 @@ func ParseMeshConfig(data map[string]string) (MeshConfig, error) {
 		}
 		mc.MaxConnectedClusters = uint32(m)
 	}
+	maxErr := protocol.ValidateMaxConnectedClusters(mc.MaxConnectedClusters)
+	if maxErr != nil {
+		errs = append(errs, fmt.Errorf("%s: %w", meshconfig.KeyMaxConnectedClusters, maxErr))
+	}
 	id, err := strconv.ParseUint(strings.TrimSpace(data[meshconfig.KeyClusterID]), 10, 32)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("%s: %q is not a number", meshconfig.KeyClusterID, data[meshconfig.KeyClusterID]))
 	} else {
 		mc.ClusterID = uint32(id)
-		if err := protocol.ValidateClusterID(mc.ClusterID, mc.MaxConnectedClusters); err != nil {
+		if err := protocol.ValidateClusterID(mc.ClusterID, mc.MaxConnectedClusters); err != nil && maxErr == nil {
 			errs = append(errs, fmt.Errorf("%s: %w", meshconfig.KeyClusterID, err))
 		}
 	}
