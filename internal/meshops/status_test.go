@@ -102,7 +102,11 @@ func TestAggregate(t *testing.T) {
 		{
 			name: "an error kept after recovery is not a problem",
 			in: StatusInput{Config: cfg, Entries: entries("a"), Agents: []AgentReport{
-				agent("n1", func() AgentClusterReport { c := readyCluster("a", 1, true); c.LastError = "connection refused"; return c }()),
+				agent("n1", func() AgentClusterReport {
+					c := readyCluster("a", 1, true)
+					c.LastError = "connection refused"
+					return c
+				}()),
 			}},
 			ready:    true,
 			clusters: []clusterWant{{name: "a", configured: true, agents: 1, connected: 1, synced: 1, ready: true}},
