@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/isthmus-mesh/isthmus/certs"
+	"github.com/isthmus-mesh/isthmus/internal/meshops/meshopstest"
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
 )
 
@@ -19,19 +20,19 @@ func TestProbeEndpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	etcdB := startTestMeshEtcd(t, "b", ca, loopbackServerCert(t, ca), protocol.NewClusterConfig(2, 255))
+	etcdB := meshopstest.StartMeshEtcd(t, "b", ca, meshopstest.LoopbackServerCert(t, ca), protocol.NewClusterConfig(2, 255))
 	// c is another cluster whose etcd someone listed as b's endpoint.
 	caC, err := certs.NewCA("isthmus-ca-c", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	etcdC := startTestMeshEtcd(t, "c", caC, loopbackServerCert(t, caC), protocol.NewClusterConfig(3, 255))
+	etcdC := meshopstest.StartMeshEtcd(t, "c", caC, meshopstest.LoopbackServerCert(t, caC), protocol.NewClusterConfig(3, 255))
 	// c2 is an etcd with b's CA (a CA shared across clusters): its remote
 	// role may read c2's config only.
-	etcdC2 := startTestMeshEtcd(t, "c2", ca, loopbackServerCert(t, ca), protocol.NewClusterConfig(3, 255))
+	etcdC2 := meshopstest.StartMeshEtcd(t, "c2", ca, meshopstest.LoopbackServerCert(t, ca), protocol.NewClusterConfig(3, 255))
 	// unpublished is b's etcd before its apiserver published the config.
-	unpublished := startTestMeshEtcd(t, "b", ca, loopbackServerCert(t, ca), protocol.NewClusterConfig(2, 255))
-	if _, err := unpublished.admin.Delete(context.Background(), protocol.ClusterConfigKey("b")); err != nil {
+	unpublished := meshopstest.StartMeshEtcd(t, "b", ca, meshopstest.LoopbackServerCert(t, ca), protocol.NewClusterConfig(2, 255))
+	if _, err := unpublished.Admin.Delete(context.Background(), protocol.ClusterConfigKey("b")); err != nil {
 		t.Fatal(err)
 	}
 
@@ -62,7 +63,7 @@ func TestProbeEndpoint(t *testing.T) {
 			held = append(held, c)
 		}
 	}()
-	port := etcdB.endpoint[strings.LastIndex(etcdB.endpoint, ":")+1:]
+	port := etcdB.Endpoint[strings.LastIndex(etcdB.Endpoint, ":")+1:]
 
 	state := func(id uint32) *clusterState {
 		return &clusterState{c: &Cluster{context: "ctx-b"}, ca: ca, config: MeshConfig{ClusterName: "b", ClusterID: id, MaxConnectedClusters: 255}}
@@ -74,11 +75,11 @@ func TestProbeEndpoint(t *testing.T) {
 		wrong    bool   // a wrongClusterError
 		want     string // in the error; "" for success
 	}{
-		{name: "answers as b", endpoint: etcdB.endpoint, id: 2},
-		{name: "etcd of another cluster", endpoint: etcdC.endpoint, id: 2, wrong: true, want: "not signed by the mesh CA of cluster \"b\""},
-		{name: "same CA, another cluster", endpoint: etcdC2.endpoint, id: 2, wrong: true, want: `refuses user "remote" to read cilium/cluster-config/b`},
-		{name: "cluster config not published", endpoint: unpublished.endpoint, id: 2, wrong: true, want: "has no cilium/cluster-config/b"},
-		{name: "other cluster ID", endpoint: etcdB.endpoint, id: 9, wrong: true, want: "answers as cluster \"b\" with ID 2 and maxConnectedClusters 255, but isthmus-config says ID 9"},
+		{name: "answers as b", endpoint: etcdB.Endpoint, id: 2},
+		{name: "etcd of another cluster", endpoint: etcdC.Endpoint, id: 2, wrong: true, want: "not signed by the mesh CA of cluster \"b\""},
+		{name: "same CA, another cluster", endpoint: etcdC2.Endpoint, id: 2, wrong: true, want: `refuses user "remote" to read cilium/cluster-config/b`},
+		{name: "cluster config not published", endpoint: unpublished.Endpoint, id: 2, wrong: true, want: "has no cilium/cluster-config/b"},
+		{name: "other cluster ID", endpoint: etcdB.Endpoint, id: 9, wrong: true, want: "answers as cluster \"b\" with ID 2 and maxConnectedClusters 255, but isthmus-config says ID 9"},
 		{name: "nothing listens", endpoint: closedEP, id: 2, want: "connection refused"},
 		{name: "no answer", endpoint: "https://" + silent.Addr().String(), id: 2, want: "no answer within 500ms"},
 		{name: "name not in the certificate", endpoint: "https://localhost:" + port, id: 2, want: `not valid for "localhost"`},
@@ -105,7 +106,7 @@ func TestProbeEndpoint(t *testing.T) {
 
 	t.Run("one of two endpoints answers", func(t *testing.T) {
 		s := state(2)
-		s.config.MeshEndpoints = []string{closedEP, etcdB.endpoint}
+		s.config.MeshEndpoints = []string{closedEP, etcdB.Endpoint}
 		problem, notes := probeCluster(context.Background(), s, time.Second)
 		if problem != nil || len(notes) != 1 || !strings.Contains(notes[0], closedEP) {
 			t.Fatalf("problem %v, notes %q", problem, notes)
@@ -121,9 +122,9 @@ func TestProbeEndpoint(t *testing.T) {
 	})
 	t.Run("a wrong endpoint beside a good one", func(t *testing.T) {
 		s := state(2)
-		s.config.MeshEndpoints = []string{etcdB.endpoint, etcdC.endpoint}
+		s.config.MeshEndpoints = []string{etcdB.Endpoint, etcdC.Endpoint}
 		problem, _ := probeCluster(context.Background(), s, time.Second)
-		if problem == nil || !strings.Contains(problem.Error(), etcdC.endpoint) {
+		if problem == nil || !strings.Contains(problem.Error(), etcdC.Endpoint) {
 			t.Fatalf("problem %v", problem)
 		}
 	})

@@ -1,4 +1,14 @@
-package meshops
+// Package meshopstest runs what the mesh operations are tested against: a
+// real embedded mesh etcd set up as the mesh apiserver sets up its own
+// (TLS with client-certificate authentication, the users and roles of
+// PROTOCOL.md "Access", the cluster-config published), from certificates
+// given or from those that `isthmus enable` wrote into a cluster, and the
+// apiserver's part of connect: publishing the mesh endpoint and keeping
+// the remote-<r> users in step with the remote-readers ConfigMap.
+//
+// Only tests import it. It must not import internal/meshops, whose tests
+// use it.
+package meshopstest
 
 import (
 	"context"
@@ -7,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,22 +30,23 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
 )
 
-// testMeshEtcd is a real embedded etcd set up as a mesh apiserver sets up
+// MeshEtcd is a real embedded etcd set up as a mesh apiserver sets up
 // its own (PROTOCOL.md "Access"): TLS with client-certificate
 // authentication, auth on, users root, admin-<c>, local-<c>, remote and
 // remote-<r>, and the cluster's cluster-config published.
-type testMeshEtcd struct {
-	cluster  string
-	ca       *certs.CA
-	endpoint string
-	// admin is a client of user admin-<c>.
-	admin *clientv3.Client
+type MeshEtcd struct {
+	Cluster string
+	CA      *certs.CA
+	// Endpoint is the client URL, https://127.0.0.1:<port>.
+	Endpoint string
+	// Admin is a client of user admin-<c>.
+	Admin *clientv3.Client
 }
 
-// startTestMeshEtcd runs the mesh etcd of cluster with server certificate
+// StartMeshEtcd runs the mesh etcd of cluster with server certificate
 // server (signed by ca, valid for 127.0.0.1) and publishes cfg as its
 // cluster-config.
-func startTestMeshEtcd(t *testing.T, cluster string, ca *certs.CA, server *certs.KeyPair, cfg protocol.ClusterConfig) *testMeshEtcd {
+func StartMeshEtcd(t testing.TB, cluster string, ca *certs.CA, server *certs.KeyPair, cfg protocol.ClusterConfig) *MeshEtcd {
 	t.Helper()
 	dir := t.TempDir()
 	files := map[string][]byte{"server.crt": server.CertPEM, "server.key": server.KeyPEM, "ca.crt": ca.CertPEM()}
@@ -53,8 +65,8 @@ func startTestMeshEtcd(t *testing.T, cluster string, ca *certs.CA, server *certs
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Close)
-	e := &testMeshEtcd{cluster: cluster, ca: ca, endpoint: srv.Endpoints()[0]}
-	e.admin = e.client(t, protocol.AdminUser(cluster))
+	e := &MeshEtcd{Cluster: cluster, CA: ca, Endpoint: srv.Endpoints()[0]}
+	e.Admin = e.Client(t, protocol.AdminUser(cluster))
 
 	// Before auth is on, any client may set it up.
 	must := func(_ any, err error) {
@@ -63,9 +75,9 @@ func startTestMeshEtcd(t *testing.T, cluster string, ca *certs.CA, server *certs
 			t.Fatal(err)
 		}
 	}
-	must(e.admin.Put(ctx, protocol.ClusterConfigKey(cluster), string(cfg.Encode())))
-	must(e.admin.Put(ctx, protocol.HeartbeatKey, string(protocol.EncodeTimestamp(time.Now()))))
-	must(e.admin.Put(ctx, protocol.NodeKey(cluster, "node-1"), `{"Name":"node-1","Cluster":"`+cluster+`"}`))
+	must(e.Admin.Put(ctx, protocol.ClusterConfigKey(cluster), string(cfg.Encode())))
+	must(e.Admin.Put(ctx, protocol.HeartbeatKey, string(protocol.EncodeTimestamp(time.Now()))))
+	must(e.Admin.Put(ctx, protocol.NodeKey(cluster, "node-1"), `{"Name":"node-1","Cluster":"`+cluster+`"}`))
 	for _, r := range []struct {
 		name string
 		read []protocol.KeyRange
@@ -73,29 +85,29 @@ func startTestMeshEtcd(t *testing.T, cluster string, ca *certs.CA, server *certs
 		{protocol.LocalUser(cluster), protocol.LocalReadable()},
 		{protocol.RemoteUser, protocol.RemoteReadable(cluster)},
 	} {
-		must(e.admin.RoleAdd(ctx, r.name))
+		must(e.Admin.RoleAdd(ctx, r.name))
 		for _, kr := range r.read {
 			end := ""
 			if kr.Prefix {
 				end = clientv3.GetPrefixRangeEnd(kr.Key)
 			}
-			must(e.admin.RoleGrantPermission(ctx, r.name, kr.Key, end, clientv3.PermissionType(clientv3.PermRead)))
+			must(e.Admin.RoleGrantPermission(ctx, r.name, kr.Key, end, clientv3.PermissionType(clientv3.PermRead)))
 		}
 	}
 	for user, role := range map[string]string{
 		protocol.RootUser: "root", protocol.AdminUser(cluster): "root",
 		protocol.LocalUser(cluster): protocol.LocalUser(cluster), protocol.RemoteUser: protocol.RemoteUser,
 	} {
-		must(e.admin.UserAddWithOptions(ctx, user, "", &clientv3.UserAddOptions{NoPassword: true}))
-		must(e.admin.UserGrantRole(ctx, user, role))
+		must(e.Admin.UserAddWithOptions(ctx, user, "", &clientv3.UserAddOptions{NoPassword: true}))
+		must(e.Admin.UserGrantRole(ctx, user, role))
 	}
-	must(e.admin.AuthEnable(ctx))
+	must(e.Admin.AuthEnable(ctx))
 	return e
 }
 
-// setReaders makes the remote-<r> users exactly readers, as the mesh
+// SetReaders makes the remote-<r> users exactly readers, as the mesh
 // apiserver does from its remote-readers ConfigMap.
-func (e *testMeshEtcd) setReaders(t *testing.T, readers []string) {
+func (e *MeshEtcd) SetReaders(t testing.TB, readers []string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -103,39 +115,40 @@ func (e *testMeshEtcd) setReaders(t *testing.T, readers []string) {
 	for _, r := range readers {
 		u := protocol.RemoteUserFor(r)
 		want[u] = true
-		if _, err := e.admin.UserAddWithOptions(ctx, u, "", &clientv3.UserAddOptions{NoPassword: true}); err != nil && !errors.Is(err, rpctypes.ErrUserAlreadyExist) {
+		if _, err := e.Admin.UserAddWithOptions(ctx, u, "", &clientv3.UserAddOptions{NoPassword: true}); err != nil && !errors.Is(err, rpctypes.ErrUserAlreadyExist) {
 			t.Fatal(err)
 		}
-		if _, err := e.admin.UserGrantRole(ctx, u, protocol.RemoteUser); err != nil {
+		if _, err := e.Admin.UserGrantRole(ctx, u, protocol.RemoteUser); err != nil {
 			t.Fatal(err)
 		}
 	}
-	list, err := e.admin.UserList(ctx)
+	list, err := e.Admin.UserList(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, u := range list.Users {
-		if len(u) > len("remote-") && u[:len("remote-")] == "remote-" && !want[u] {
-			if _, err := e.admin.UserDelete(ctx, u); err != nil {
+		if strings.HasPrefix(u, protocol.RemoteUserFor("")) && !want[u] {
+			if _, err := e.Admin.UserDelete(ctx, u); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
 }
 
-// client returns a client of user with a certificate of the etcd's CA.
-func (e *testMeshEtcd) client(t *testing.T, user string) *clientv3.Client {
+// Client returns a client of user with a certificate of the etcd's CA;
+// t's cleanup closes it.
+func (e *MeshEtcd) Client(t testing.TB, user string) *clientv3.Client {
 	t.Helper()
-	kp, err := e.ca.IssueClient(user, time.Hour)
+	kp, err := e.CA.IssueClient(user, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return dialTestEtcd(t, e.endpoint, e.ca.CertPEM(), kp.CertPEM, kp.KeyPEM)
+	return Dial(t, e.Endpoint, e.CA.CertPEM(), kp.CertPEM, kp.KeyPEM)
 }
 
-// dialTestEtcd connects to endpoint trusting caPEM and presenting a
-// certificate; t's cleanup closes the client.
-func dialTestEtcd(t *testing.T, endpoint string, caPEM, certPEM, keyPEM []byte) *clientv3.Client {
+// Dial connects to endpoint trusting caPEM and presenting a certificate;
+// t's cleanup closes the client.
+func Dial(t testing.TB, endpoint string, caPEM, certPEM, keyPEM []byte) *clientv3.Client {
 	t.Helper()
 	pool, err := certs.NewCertPool(caPEM)
 	if err != nil {
@@ -158,8 +171,8 @@ func dialTestEtcd(t *testing.T, endpoint string, caPEM, certPEM, keyPEM []byte) 
 	return cli
 }
 
-// loopbackServerCert issues a server certificate for 127.0.0.1 only.
-func loopbackServerCert(t *testing.T, ca *certs.CA) *certs.KeyPair {
+// LoopbackServerCert issues a server certificate for 127.0.0.1 only.
+func LoopbackServerCert(t testing.TB, ca *certs.CA) *certs.KeyPair {
 	t.Helper()
 	kp, err := ca.IssueServer(certs.ServerOptions{IPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
 	if err != nil {
