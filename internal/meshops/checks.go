@@ -112,6 +112,12 @@ func checkCompatible(states []*clusterState, dirs []direction) (problems []error
 			continue
 		}
 		needsEndpoint[d.target] = true
+		for other, id := range r.remoteIDs {
+			if id == t.config.ClusterID && other != t.config.ClusterName && other != r.config.ClusterName {
+				problems = append(problems, fmt.Errorf("%s already reads cluster %q, whose cluster ID is also %d (as its agents report): every cluster of a mesh needs its own ID; enable %q with another --cluster-id (delete its ConfigMap isthmus-system/isthmus-config first)",
+					r.label(), other, id, t.config.ClusterName))
+			}
+		}
 		if e, found := r.entries[t.config.ClusterName]; found && !bytesEqual(e.CA, t.ca.CertPEM()) {
 			problems = append(problems, fmt.Errorf("%s already reads a cluster named %q whose CA is not the mesh CA of %s: either that is another cluster of the same name, or %q got a new CA. If %s is right, run `isthmus disconnect --context %s --destination-context %s --connection-mode unicast` first",
 				r.label(), t.config.ClusterName, t.c, t.config.ClusterName, t.c, r.c.context, t.c.context))

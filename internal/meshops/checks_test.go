@@ -170,3 +170,24 @@ func TestCheckErrorMessage(t *testing.T) {
 		t.Error("errors.Is does not see a problem")
 	}
 }
+
+func TestCheckCompatibleAgainstConnectedClusters(t *testing.T) {
+	ep := []string{"https://10.0.0.1:2379"}
+	a := testState(t, "ctx-a", "a", 1, 255, ep)
+	b := testState(t, "ctx-b", "b", 2, 255, ep)
+	// a's agents already read c, with ID 2; and b itself (a re-run).
+	a.remoteIDs = map[string]uint32{"c": 2, "b": 2}
+	problems, _ := checkCompatible([]*clusterState{a, b}, directions(Unicast, 2))
+	if len(problems) != 1 || !strings.Contains(problems[0].Error(), `already reads cluster "c", whose cluster ID is also 2`) {
+		t.Fatalf("problems %v", problems)
+	}
+	// b does not read a in unicast mode, so b's other remotes do not matter.
+	a.remoteIDs = nil
+	b.remoteIDs = map[string]uint32{"d": 1}
+	if problems, _ := checkCompatible([]*clusterState{a, b}, directions(Unicast, 2)); len(problems) != 0 {
+		t.Errorf("unicast: %v", problems)
+	}
+	if problems, _ := checkCompatible([]*clusterState{a, b}, directions(Bidirectional, 2)); len(problems) != 1 || !strings.Contains(problems[0].Error(), `cluster "b" (context "ctx-b") already reads cluster "d"`) {
+		t.Errorf("bidirectional: %v", problems)
+	}
+}

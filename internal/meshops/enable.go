@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -119,12 +120,24 @@ func Enable(ctx context.Context, c *Cluster, opts EnableOptions) (*EnableResult,
 		if err := checkSameIdentity(c, cm.Data, want); err != nil {
 			return nil, err
 		}
-		if len(want.MeshEndpoints) == 0 {
+		var published []string
+		for _, ep := range strings.Split(cm.Data[meshconfig.KeyMeshEndpoints], ",") {
+			if ep = strings.TrimSpace(ep); ep != "" {
+				published = append(published, ep)
+			}
+		}
+		switch {
+		case len(want.MeshEndpoints) == 0:
 			// Keep what is published, valid or not: it is not ours to drop.
-			for _, ep := range strings.Split(cm.Data[meshconfig.KeyMeshEndpoints], ",") {
-				if ep = strings.TrimSpace(ep); ep != "" {
-					want.MeshEndpoints = append(want.MeshEndpoints, ep)
-				}
+			want.MeshEndpoints = published
+		case len(published) > 0 && !slices.Equal(published, want.MeshEndpoints):
+			readers, err := c.getConfigMap(ctx, meshconfig.RemoteReadersConfigMap)
+			if err != nil {
+				return nil, err
+			}
+			if readers != nil && len(readers.Data) > 0 {
+				res.Notes = append(res.Notes, fmt.Sprintf("the mesh endpoints change from %s: clusters %s still dial the old ones until you re-run `isthmus connect` with each of them",
+					strings.Join(published, ","), strings.Join(slices.Sorted(maps.Keys(readers.Data)), ", ")))
 			}
 		}
 	}

@@ -34,6 +34,9 @@ type clusterState struct {
 	// unknown.
 	podCIDRs   []netip.Prefix
 	podCIDRErr error
+	// remoteIDs are the cluster IDs the cluster's agents report for the
+	// clusters they read, by name; empty when no agent reports.
+	remoteIDs map[string]uint32
 }
 
 // name is the mesh cluster name, or the context when it is not known.
@@ -110,6 +113,18 @@ func readState(ctx context.Context, c *Cluster) (*clusterState, error) {
 		s.readers = readers.Data
 	}
 	s.podCIDRs, s.podCIDRErr = c.podCIDRs(ctx)
+	s.remoteIDs = map[string]uint32{}
+	// Best effort: without agent reports, IDs are checked among the
+	// clusters given only.
+	if agents, err := (meshAgentLister{c}).ListAgents(ctx); err == nil {
+		for _, a := range agents {
+			for _, rc := range a.Clusters {
+				if rc.ClusterID != 0 && !rc.Local {
+					s.remoteIDs[rc.Name] = rc.ClusterID
+				}
+			}
+		}
+	}
 	return s, nil
 }
 
