@@ -193,9 +193,16 @@ func Aggregate(in StatusInput) *StatusReport {
 	for n := range in.Entries {
 		names[n] = true
 	}
-	for _, a := range live {
+	// Each cluster's reports, in node order: one pass over all reports,
+	// so a mesh of hundreds of clusters and nodes aggregates in linear
+	// time.
+	reports := map[string][]nodeReport{}
+	liveNodes := make([]string, len(live))
+	for i, a := range live {
+		liveNodes[i] = a.Node
 		for _, c := range a.Clusters {
 			names[c.Name] = true
+			reports[c.Name] = append(reports[c.Name], nodeReport{node: a.Node, AgentClusterReport: c})
 		}
 	}
 	if _, ok := in.Entries[self]; !ok {
@@ -218,7 +225,7 @@ func Aggregate(in StatusInput) *StatusReport {
 	})
 	ready := len(live) > 0 && len(r.StaleAgents) == 0 && len(r.Problems) == 0
 	for _, name := range order {
-		cs := clusterStatus(in, name, live)
+		cs := clusterStatus(in, name, liveNodes, reports[name])
 		ready = ready && cs.Ready
 		r.Clusters = append(r.Clusters, cs)
 	}
@@ -226,9 +233,17 @@ func Aggregate(in StatusInput) *StatusReport {
 	return r
 }
 
-func clusterStatus(in StatusInput, name string, live []AgentReport) ClusterStatus {
+// nodeReport is one agent's report on one cluster.
+type nodeReport struct {
+	node string
+	AgentClusterReport
+}
+
+// clusterStatus aggregates the reports on cluster name of the agents on
+// liveNodes.
+func clusterStatus(in StatusInput, name string, liveNodes []string, reports []nodeReport) ClusterStatus {
 	self := in.Config.ClusterName
-	cs := ClusterStatus{Name: name, Local: name == self, Agents: len(live)}
+	cs := ClusterStatus{Name: name, Local: name == self, Agents: len(liveNodes)}
 	if e, ok := in.Entries[name]; ok {
 		cs.Configured = true
 		cs.Endpoints = e.Endpoints
@@ -245,18 +260,10 @@ func clusterStatus(in StatusInput, name string, live []AgentReport) ClusterStatu
 		}
 	}
 	// Group agents' errors by message.
-	type group struct{ nodes []string }
-	errs := map[string]*group{}
-	var missing []string
-	for _, a := range live {
-		i := slices.IndexFunc(a.Clusters, func(c AgentClusterReport) bool { return c.Name == name })
-		if i < 0 {
-			if cs.Configured {
-				missing = append(missing, a.Node)
-			}
-			continue
-		}
-		c := a.Clusters[i]
+	errs := map[string][]string{}
+	reporting := make(map[string]bool, len(reports))
+	for _, c := range reports {
+		reporting[c.node] = true
 		if c.ClusterID != 0 {
 			cs.ClusterID = c.ClusterID
 		}
@@ -271,17 +278,22 @@ func clusterStatus(in StatusInput, name string, live []AgentReport) ClusterStatu
 		cs.Entries.Identities = max(cs.Entries.Identities, c.Entries.Identities)
 		cs.Entries.IPCache = max(cs.Entries.IPCache, c.Entries.IPCache)
 		if !c.Ready && c.LastError != "" {
-			if errs[c.LastError] == nil {
-				errs[c.LastError] = &group{}
+			errs[c.LastError] = append(errs[c.LastError], c.node)
+		}
+	}
+	var missing []string
+	if cs.Configured {
+		for _, n := range liveNodes {
+			if !reporting[n] {
+				missing = append(missing, n)
 			}
-			errs[c.LastError].nodes = append(errs[c.LastError].nodes, a.Node)
 		}
 	}
 	if !cs.Configured {
 		cs.Problems = append(cs.Problems, Problem{
 			Message: "agents still hold this cluster though the clustermesh Secret has no entry for it (being withdrawn)",
 			Hint:    "agents withdraw a removed cluster within moments of seeing the Secret change; if it persists, check the agents' logs",
-			Nodes:   reportingNodes(live, name),
+			Nodes:   slices.Sorted(maps.Keys(reporting)),
 		})
 	}
 	if len(missing) > 0 {
@@ -292,23 +304,13 @@ func clusterStatus(in StatusInput, name string, live []AgentReport) ClusterStatu
 		})
 	}
 	for _, msg := range slices.Sorted(maps.Keys(errs)) {
-		cs.Problems = append(cs.Problems, Problem{Message: msg, Hint: HintFor(msg, in.Context, self, name), Nodes: errs[msg].nodes})
+		cs.Problems = append(cs.Problems, Problem{Message: msg, Hint: HintFor(msg, in.Context, self, name), Nodes: errs[msg]})
 	}
 	if cs.Configured && cs.Synced < cs.Agents && len(errs) == 0 && len(missing) == 0 {
 		cs.Problems = append(cs.Problems, Problem{Message: fmt.Sprintf("%d of %d agents are still connecting or syncing", cs.Agents-cs.Synced, cs.Agents)})
 	}
 	cs.Ready = cs.Configured && cs.Agents > 0 && cs.Synced == cs.Agents && len(cs.Problems) == 0
 	return cs
-}
-
-func reportingNodes(live []AgentReport, name string) []string {
-	var nodes []string
-	for _, a := range live {
-		if slices.ContainsFunc(a.Clusters, func(c AgentClusterReport) bool { return c.Name == name }) {
-			nodes = append(nodes, a.Node)
-		}
-	}
-	return nodes
 }
 
 // NotReadyReasons lists, one line each, why r is not ready.
