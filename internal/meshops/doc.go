@@ -13,6 +13,18 @@
 // so that an interrupted run leaves a state the next run repairs; running
 // one twice changes nothing.
 //
+// From Go (the lab, the e2e suite):
+//
+//	east, _ := meshops.NewCluster("east", eastRESTConfig)
+//	west, _ := meshops.NewCluster("west", westRESTConfig)
+//	_, err := meshops.Enable(ctx, east, meshops.EnableOptions{
+//		ClusterName: "east", ClusterID: 1, MeshEndpoints: []string{"https://10.0.0.1:2379"}})
+//	...
+//	_, err = meshops.Connect(ctx, east, []*meshops.Cluster{west}, meshops.ConnectOptions{})
+//	report, err := meshops.WaitReady(ctx, east, meshops.WaitOptions{Timeout: 2 * time.Minute})
+//
+// or open kubeconfig contexts with LoadKubeconfig and Kubeconfig.Cluster.
+//
 // The package holds no output formatting beyond error messages: callers
 // render results. It must not import apiserver/, agent/, datapath/ or
 // cmd/, nor internal/cli.
