@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -151,7 +152,7 @@ func Connect(ctx context.Context, source *Cluster, destinations []*Cluster, opts
 		if len(grants[i]) == 0 {
 			continue
 		}
-		opts.progress("granting %v read access to %s", grants[i], s.label())
+		opts.progress("making sure %s may read %s", strings.Join(grants[i], ", "), s.label())
 		w := writer{c: s.c, dryRun: opts.DryRun, changes: &res.Changes}
 		err := w.editConfigMap(ctx, meshconfig.RemoteReadersConfigMap, "grant read access", func(d map[string]string) error {
 			for _, reader := range grants[i] {
@@ -167,13 +168,21 @@ func Connect(ctx context.Context, source *Cluster, destinations []*Cluster, opts
 		if len(entries[i]) == 0 {
 			continue
 		}
-		opts.progress("writing the clustermesh entries of %s", s.label())
+		opts.progress("making sure the clustermesh Secret of %s holds %s", s.label(), entryNames(entries[i]))
 		w := writer{c: s.c, dryRun: opts.DryRun, changes: &res.Changes}
 		if err := w.putEntries(ctx, "connection entries", entries[i]); err != nil {
 			return res, fmt.Errorf("%w (run connect again to complete the connection)", err)
 		}
 	}
 	return res, nil
+}
+
+func entryNames(entries []meshconfig.ClusterEntry) string {
+	names := make([]string, len(entries))
+	for i, e := range entries {
+		names[i] = e.Cluster
+	}
+	return strings.Join(names, ", ")
 }
 
 // distinctClusters returns source followed by destinations, refusing a

@@ -3,6 +3,7 @@ package meshops
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/isthmus-mesh/isthmus/internal/meshconfig"
 )
@@ -73,7 +74,7 @@ func Disconnect(ctx context.Context, source *Cluster, destinations []*Cluster, o
 		if len(drop[i]) == 0 {
 			continue
 		}
-		progress("removing %v from the clustermesh entries of %s", drop[i], s.label())
+		progress("removing %s from the clustermesh Secret of %s", strings.Join(drop[i], ", "), s.label())
 		w := writer{c: s.c, dryRun: opts.DryRun, changes: &res.Changes}
 		if err := w.deleteEntries(ctx, "disconnect", drop[i]); err != nil {
 			return res, fmt.Errorf("%w (run disconnect again to complete it)", err)
@@ -83,7 +84,7 @@ func Disconnect(ctx context.Context, source *Cluster, destinations []*Cluster, o
 		if len(revoke[i]) == 0 {
 			continue
 		}
-		progress("revoking the read access of %v to %s", revoke[i], s.label())
+		progress("revoking the read access of %s to %s", strings.Join(revoke[i], ", "), s.label())
 		w := writer{c: s.c, dryRun: opts.DryRun, changes: &res.Changes}
 		err := w.editConfigMap(ctx, meshconfig.RemoteReadersConfigMap, "revoke read access", func(d map[string]string) error {
 			for _, reader := range revoke[i] {

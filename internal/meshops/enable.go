@@ -178,7 +178,7 @@ func Enable(ctx context.Context, c *Cluster, opts EnableOptions) (*EnableResult,
 		if err != nil {
 			return nil, err
 		}
-		toWrite = append(toWrite, issued{meshconfig.ServerCertSecret, "server certificate: " + reason, kp})
+		toWrite = append(toWrite, issued{meshconfig.ServerCertSecret, issueReason("server certificate", reason), kp})
 	}
 	var localCertPEM, localKeyPEM []byte
 	for _, cl := range []struct{ secret, user string }{
@@ -196,7 +196,7 @@ func Enable(ctx context.Context, c *Cluster, opts EnableOptions) (*EnableResult,
 			if err != nil {
 				return nil, err
 			}
-			toWrite = append(toWrite, issued{cl.secret, cl.user + " client certificate: " + reason, kp})
+			toWrite = append(toWrite, issued{cl.secret, issueReason(cl.user+" client certificate", reason), kp})
 			certPEM, keyPEM = kp.CertPEM, kp.KeyPEM
 		}
 		if cl.secret == meshconfig.LocalCertSecret {
@@ -295,6 +295,14 @@ func checkSameIdentity(c *Cluster, have map[string]string, want MeshConfig) erro
 	}
 	return fmt.Errorf("%w: %s is already enabled with %s; nothing was changed. A cluster's name and ID are in every identity and certificate it has handed out, so enable does not change them: re-run with the values above, or, to really re-identify the cluster, disconnect it from every cluster, delete ConfigMap %s/%s and run enable again",
 		ErrAlreadyEnabledOtherwise, c, strings.Join(diffs, " and "), meshconfig.Namespace, meshconfig.ConfigMapName)
+}
+
+// issueReason says why a certificate is written: new, or replacing one.
+func issueReason(what, reason string) string {
+	if reason == "missing" {
+		return "new " + what
+	}
+	return what + " reissued: " + reason
 }
 
 func bytesEqual(a, b []byte) bool { return string(a) == string(b) }

@@ -244,6 +244,9 @@ type nodeReport struct {
 func clusterStatus(in StatusInput, name string, liveNodes []string, reports []nodeReport) ClusterStatus {
 	self := in.Config.ClusterName
 	cs := ClusterStatus{Name: name, Local: name == self, Agents: len(liveNodes)}
+	if cs.Local {
+		cs.ClusterID = in.Config.ClusterID
+	}
 	if e, ok := in.Entries[name]; ok {
 		cs.Configured = true
 		cs.Endpoints = e.Endpoints
@@ -323,7 +326,7 @@ func (r *StatusReport) NotReadyReasons() []string {
 		if c.Ready {
 			continue
 		}
-		if len(c.Problems) == 0 {
+		if len(c.Problems) == 0 && c.Agents > 0 {
 			out = append(out, fmt.Sprintf("%s: %d of %d agents synced", c.Name, c.Synced, c.Agents))
 		}
 		for _, p := range c.Problems {
