@@ -19,11 +19,13 @@ type connectFlags struct {
 	mode         string
 }
 
-func (f *connectFlags) add(cmd *cobra.Command, verb string) {
+func (f *connectFlags) add(cmd *cobra.Command, verb string, required bool) {
 	addKubeFlags(cmd, &f.kube, "kubeconfig context of the source cluster")
 	cmd.Flags().StringSliceVar(&f.destinations, "destination-context", nil, "kubeconfig context(s) of the cluster(s) to "+verb+", comma-separated or repeated (required)")
 	cmd.Flags().StringVar(&f.mode, "connection-mode", string(meshops.Bidirectional), "bidirectional: source and each destination read each other; unicast: the source reads each destination; mesh: every cluster given reads every other")
-	_ = cmd.MarkFlagRequired("destination-context")
+	if required {
+		_ = cmd.MarkFlagRequired("destination-context")
+	}
 	_ = cmd.RegisterFlagCompletionFunc("destination-context", completeContexts)
 	_ = cmd.RegisterFlagCompletionFunc("connection-mode", completeWords(meshops.ConnectionModes))
 }
@@ -119,7 +121,7 @@ for more than a third of their lifetime; after that it renews them.`,
 			return nil
 		},
 	}
-	f.add(cmd, "connect with")
+	f.add(cmd, "connect with", true)
 	fl := cmd.Flags()
 	fl.BoolVar(&opts.SkipEndpointCheck, "skip-endpoint-check", false, "do not dial the mesh endpoints from this machine before writing. For split-horizon networks, where the clusters reach each other at addresses this machine cannot; the risk: a wrong or unreachable endpoint is then only seen later, in `isthmus status`")
 	fl.DurationVar(&opts.EndpointTimeout, "endpoint-timeout", meshops.DefaultEndpointTimeout, "how long to wait for each mesh endpoint to answer")
@@ -129,8 +131,9 @@ for more than a third of their lifetime; after that it renews them.`,
 
 func newDisconnectCommand(o *Options) *cobra.Command {
 	var (
-		f    connectFlags
-		opts meshops.DisconnectOptions
+		f      connectFlags
+		opts   meshops.DisconnectOptions
+		forget []string
 	)
 	cmd := &cobra.Command{
 		Use:   "disconnect",
@@ -140,20 +143,43 @@ each direction "X reads Y" it removes Y's entry from X's Secret
 isthmus-clustermesh, whereupon X's agents withdraw Y's services, nodes and
 identities, and then X's grant from Y's ConfigMap isthmus-remote-readers,
 whereupon Y's mesh apiserver revokes X's access even while X's certificate
-is still valid. Each cluster's own entry stays.`,
+is still valid. Each cluster's own entry stays.
+
+For a cluster that is gone, or whose context you no longer have, use
+--remote-cluster with its cluster name: only the cluster of --context is
+changed, and the gone cluster's grant, if it still exists, stays.`,
 		Example: `  # east and west stop reading each other
   isthmus disconnect --context kind-east --destination-context kind-west
 
   # only east stops reading west
-  isthmus disconnect --context kind-east --destination-context kind-west --connection-mode unicast`,
+  isthmus disconnect --context kind-east --destination-context kind-west --connection-mode unicast
+
+  # the cluster named "west" was deleted: east stops reading it
+  isthmus disconnect --context kind-east --remote-cluster west`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts.Progress = progressTo(cmd.ErrOrStderr())
+			if len(forget) > 0 {
+				kc, err := f.kube.load()
+				if err != nil {
+					return err
+				}
+				c, err := kc.Cluster(f.kube.context)
+				if err != nil {
+					return err
+				}
+				res, err := meshops.Forget(cmd.Context(), c, forget, opts)
+				if err != nil {
+					return err
+				}
+				printResult(cmd.OutOrStdout(), res, "Disconnected", "no longer reads", opts.DryRun)
+				return nil
+			}
 			src, dst, mode, err := f.clusters()
 			if err != nil {
 				return err
 			}
 			opts.Mode = mode
-			opts.Progress = progressTo(cmd.ErrOrStderr())
 			res, err := meshops.Disconnect(cmd.Context(), src, dst, opts)
 			if err != nil {
 				return err
@@ -162,8 +188,12 @@ is still valid. Each cluster's own entry stays.`,
 			return nil
 		},
 	}
-	f.add(cmd, "disconnect from")
+	f.add(cmd, "disconnect from", false)
+	cmd.Flags().StringSliceVar(&forget, "remote-cluster", nil, "cluster name(s) to stop reading, for clusters whose context is gone; only --context's cluster is changed")
 	cmd.Flags().BoolVar(&opts.DryRun, "dry-run", false, "show what would change, without writing")
+	cmd.MarkFlagsOneRequired("destination-context", "remote-cluster")
+	cmd.MarkFlagsMutuallyExclusive("destination-context", "remote-cluster")
+	_ = cmd.RegisterFlagCompletionFunc("remote-cluster", cobra.NoFileCompletions)
 	return cmd
 }
 
@@ -179,7 +209,11 @@ func printResult(w io.Writer, res *meshops.Result, done, verb string, dryRun boo
 		printChanges(w, res.Changes)
 	}
 	for _, c := range res.Connections {
-		fmt.Fprintf(w, "  %s (context %s) %s %s (context %s)\n", c.Reader, c.ReaderContext, verb, c.Target, c.TargetContext)
+		target := c.Target
+		if c.TargetContext != "" {
+			target += " (context " + c.TargetContext + ")"
+		}
+		fmt.Fprintf(w, "  %s (context %s) %s %s\n", c.Reader, c.ReaderContext, verb, target)
 	}
 }
 

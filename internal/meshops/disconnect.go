@@ -2,10 +2,12 @@ package meshops
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/isthmus-mesh/isthmus/internal/meshconfig"
+	"github.com/isthmus-mesh/isthmus/internal/protocol"
 )
 
 // DisconnectOptions say how to disconnect clusters.
@@ -95,6 +97,50 @@ func Disconnect(ctx context.Context, source *Cluster, destinations []*Cluster, o
 		if err != nil {
 			return res, fmt.Errorf("%w (run disconnect again to complete it)", err)
 		}
+	}
+	return res, nil
+}
+
+// Forget removes the entries of the named clusters from cluster c's
+// clustermesh Secret, so c's agents withdraw their state, without
+// touching those clusters: for a cluster that is gone or unreachable,
+// where Disconnect cannot run. Their grants to c, if they still exist,
+// stay. c's own entry cannot be forgotten.
+func Forget(ctx context.Context, c *Cluster, clusters []string, opts DisconnectOptions) (*Result, error) {
+	if len(clusters) == 0 {
+		return nil, errors.New("no cluster name given to forget")
+	}
+	s, err := readState(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	if s.notEnabled != nil {
+		return nil, &CheckError{Problems: []error{s.notEnabled}}
+	}
+	var problems []error
+	for _, name := range clusters {
+		if err := protocol.ValidateClusterName(name); err != nil {
+			problems = append(problems, err)
+		}
+		if name == s.config.ClusterName {
+			problems = append(problems, fmt.Errorf("%q is %s itself; its own entry is how its agents read its state, and is never removed", name, s.label()))
+		}
+	}
+	if len(problems) > 0 {
+		return nil, &CheckError{Problems: problems}
+	}
+	res := &Result{}
+	for _, name := range clusters {
+		if _, ok := s.entries[name]; ok {
+			res.Connections = append(res.Connections, Connection{Reader: s.config.ClusterName, ReaderContext: c.context, Target: name})
+		}
+	}
+	if opts.Progress != nil {
+		opts.Progress(fmt.Sprintf("removing %s from the clustermesh Secret of %s", strings.Join(clusters, ", "), s.label()))
+	}
+	w := writer{c: c, dryRun: opts.DryRun, changes: &res.Changes}
+	if err := w.deleteEntries(ctx, "forget", clusters); err != nil {
+		return res, err
 	}
 	return res, nil
 }
