@@ -63,6 +63,8 @@ func TestBadInputBeforeAnyCluster(t *testing.T) {
 		{"invalid endpoint", []string{"enable", "--kubeconfig", kc, "--context", "east", "--cluster-name", "e", "--cluster-id", "2", "--mesh-endpoint", "10.0.0.1:2379"}, []string{`mesh endpoint "10.0.0.1:2379" is not an https URL`}},
 		{"missing name", []string{"enable", "--kubeconfig", kc, "--context", "east", "--cluster-id", "2"}, []string{`required flag(s) "cluster-name" not set`}},
 		{"unknown mode", []string{"connect", "--kubeconfig", kc, "--context", "east", "--destination-context", "west", "--connection-mode", "star"}, []string{`connection mode "star" is not one of bidirectional, unicast, mesh`}},
+		{"disconnect from nothing", []string{"disconnect", "--kubeconfig", kc, "--context", "east"}, []string{"[destination-context remote-cluster] is required"}},
+		{"disconnect two ways", []string{"disconnect", "--kubeconfig", kc, "--context", "east", "--destination-context", "west", "--remote-cluster", "w"}, []string{"none of the others can be"}},
 		{"unknown output", []string{"status", "--kubeconfig", kc, "--context", "east", "-o", "table"}, []string{`--output "table" is not one of text, json, yaml`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
