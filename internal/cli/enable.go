@@ -22,9 +22,11 @@ func newEnableCommand(o *Options) *cobra.Command {
 		Long: `enable prepares one cluster for the mesh, in namespace isthmus-system:
 the cluster's mesh CA (Secret isthmus-ca; an existing CA is always kept),
 the mesh apiserver's server certificate, the admin and local client
-certificates, the isthmus-config ConfigMap with the cluster's name and ID,
-and the cluster's own entry in the isthmus-clustermesh Secret, which its
-agents read their own cluster's state with.
+certificates, the isthmus.dev CRDs (MeshNetworkPolicy, and MeshAgent,
+which agents report their status in), the isthmus-config ConfigMap with
+the cluster's name and ID, and the cluster's own entry in the
+isthmus-clustermesh Secret, which its agents read their own cluster's
+state with. It needs cluster-admin rights, for the CRDs.
 
 The cluster name and ID must be unique among the clusters you connect.
 An enabled cluster keeps its name and ID: enable refuses other values.

@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	meshclient "github.com/isthmus-mesh/isthmus/apis/client"
 	"github.com/isthmus-mesh/isthmus/internal/meshconfig"
 )
 
@@ -37,6 +38,7 @@ type Cluster struct {
 	host    string
 	config  *rest.Config
 	client  kubernetes.Interface
+	mesh    *meshclient.Clientset
 }
 
 // NewCluster returns the cluster cfg reaches. context names it in messages
@@ -57,7 +59,11 @@ func NewCluster(context string, cfg *rest.Config) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("context %q: create Kubernetes client: %w", context, err)
 	}
-	return &Cluster{context: context, host: cfg.Host, config: cfg, client: client}, nil
+	mesh, err := meshclient.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("context %q: create isthmus.dev client: %w", context, err)
+	}
+	return &Cluster{context: context, host: cfg.Host, config: cfg, client: client, mesh: mesh}, nil
 }
 
 // Context is the name the cluster was opened with.

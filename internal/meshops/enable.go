@@ -96,8 +96,9 @@ func (o *EnableOptions) validate() (MeshConfig, error) {
 // mesh CA (kept when it exists: a CA is never replaced), the mesh
 // apiserver's server certificate, the admin and local client certificates,
 // the cluster's own entry in the clustermesh Secret (once a mesh endpoint
-// is known) and the isthmus-config ConfigMap, written last so that a
-// cluster whose ConfigMap exists is completely enabled.
+// is known), the isthmus.dev CRDs (MeshNetworkPolicy, MeshAgent) and the
+// isthmus-config ConfigMap, written last so that a cluster whose ConfigMap
+// exists is completely enabled.
 //
 // It refuses an invalid name or ID, and a cluster already enabled with
 // another name, ID or maxConnectedClusters, before writing anything.
@@ -236,6 +237,9 @@ func Enable(ctx context.Context, c *Cluster, opts EnableOptions) (*EnableResult,
 		}
 	} else {
 		res.Notes = append(res.Notes, fmt.Sprintf("no mesh endpoint is known yet, so the agents cannot read this cluster's own state: pass --mesh-endpoint https://<address>:<port> (reachable from the other clusters), or start the mesh apiserver with --advertise-endpoint and run `isthmus connect`, which writes the entry then"))
+	}
+	if err := w.installCRDs(ctx); err != nil {
+		return nil, err
 	}
 	err = w.editConfigMap(ctx, meshconfig.ConfigMapName, "cluster identity", func(d map[string]string) error {
 		for k, v := range want.data() {
