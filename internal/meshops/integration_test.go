@@ -40,7 +40,7 @@ type testCluster struct {
 
 // twoClusters returns clusters a and b with empty mesh namespaces and one
 // Node each, with pod CIDRs 10.1.0.0/24 and 10.2.0.0/24.
-func twoClusters(t *testing.T) (a, b testCluster) {
+func twoClusters(t testing.TB) (a, b testCluster) {
 	t.Helper()
 	open := func(env *testenv.Env, context, cidr string) testCluster {
 		k := env.Kube(t)
@@ -57,14 +57,14 @@ func twoClusters(t *testing.T) (a, b testCluster) {
 	return open(kubeA, "ctx-a", "10.1.0.0/24"), open(kubeB, "ctx-b", "10.2.0.0/24")
 }
 
-func testCtx(t *testing.T) context.Context {
+func testCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	return ctx
 }
 
 // resetMesh deletes every Secret and ConfigMap of the mesh namespace.
-func resetMesh(t *testing.T, client kubernetes.Interface) {
+func resetMesh(t testing.TB, client kubernetes.Interface) {
 	t.Helper()
 	ctx := context.Background()
 	ns := meshconfig.Namespace
@@ -77,7 +77,7 @@ func resetMesh(t *testing.T, client kubernetes.Interface) {
 }
 
 // addNode registers a Node with a pod CIDR until the test ends.
-func addNode(t *testing.T, client kubernetes.Interface, name, cidr string) {
+func addNode(t testing.TB, client kubernetes.Interface, name, cidr string) {
 	t.Helper()
 	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.NodeSpec{PodCIDR: cidr, PodCIDRs: []string{cidr}}}
 	if _, err := client.CoreV1().Nodes().Create(context.Background(), n, metav1.CreateOptions{}); err != nil {
@@ -117,7 +117,7 @@ func meshObjects(t *testing.T, client kubernetes.Interface) (data map[string]map
 	return data, versions
 }
 
-func enable(t *testing.T, c testCluster, name string, id uint32, endpoints ...string) *EnableResult {
+func enable(t testing.TB, c testCluster, name string, id uint32, endpoints ...string) *EnableResult {
 	t.Helper()
 	res, err := Enable(testCtx(t), c.Cluster, EnableOptions{ClusterName: name, ClusterID: id, MeshEndpoints: endpoints})
 	if err != nil {
@@ -309,7 +309,7 @@ func TestEnableRenewsAndAddsNames(t *testing.T) {
 }
 
 // connected enables a and b, runs their mesh etcds and connects them.
-func connected(t *testing.T, a, b testCluster) (etcdA, etcdB *meshopstest.MeshEtcd) {
+func connected(t testing.TB, a, b testCluster) (etcdA, etcdB *meshopstest.MeshEtcd) {
 	t.Helper()
 	enable(t, a, "a", 1)
 	enable(t, b, "b", 2)
@@ -610,5 +610,19 @@ func TestForget(t *testing.T) {
 	}
 	if res, err := Forget(testCtx(t), a.Cluster, []string{"b"}, DisconnectOptions{}); err != nil || len(res.Changes) != 0 {
 		t.Errorf("forget again: %+v, %v", res, err)
+	}
+}
+
+// BenchmarkConnectAgain is a connect of two connected clusters: every read
+// and check, the endpoint probes, and no write.
+func BenchmarkConnectAgain(b *testing.B) {
+	a, c := twoClusters(b)
+	connected(b, a, c)
+	ctx := testCtx(b)
+	for b.Loop() {
+		res, err := Connect(ctx, a.Cluster, []*Cluster{c.Cluster}, ConnectOptions{})
+		if err != nil || len(res.Changes) != 0 {
+			b.Fatalf("connect: %v, %v", res.Changes, err)
+		}
 	}
 }
