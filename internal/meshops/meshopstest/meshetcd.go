@@ -48,6 +48,9 @@ type MeshEtcd struct {
 // cluster-config.
 func StartMeshEtcd(t testing.TB, cluster string, ca *certs.CA, server *certs.KeyPair, cfg protocol.ClusterConfig) *MeshEtcd {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("meshopstest: runs a real etcd; not part of the unit tier (-short)")
+	}
 	dir := t.TempDir()
 	files := map[string][]byte{"server.crt": server.CertPEM, "server.key": server.KeyPEM, "ca.crt": ca.CertPEM()}
 	for name, data := range files {
