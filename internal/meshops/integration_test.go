@@ -28,9 +28,11 @@ import (
 var (
 	kubeA = testenv.New(testenv.Options{})
 	kubeB = testenv.New(testenv.Options{})
+	// kubeC starts only for the tests of three clusters.
+	kubeC = testenv.New(testenv.Options{})
 )
 
-func TestMain(m *testing.M) { testenv.Main(m, kubeA, kubeB) }
+func TestMain(m *testing.M) { testenv.Main(m, kubeA, kubeB, kubeC) }
 
 // testCluster is one cluster of an integration test.
 type testCluster struct {
@@ -42,19 +44,22 @@ type testCluster struct {
 // Node each, with pod CIDRs 10.1.0.0/24 and 10.2.0.0/24.
 func twoClusters(t testing.TB) (a, b testCluster) {
 	t.Helper()
-	open := func(env *testenv.Env, context, cidr string) testCluster {
-		k := env.Kube(t)
-		c, err := NewCluster(context, k.Config)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tc := testCluster{Cluster: c, client: k.Client}
-		resetMesh(t, k.Client)
-		t.Cleanup(func() { resetMesh(t, k.Client) })
-		addNode(t, k.Client, context+"-node", cidr)
-		return tc
+	return openTestCluster(t, kubeA, "ctx-a", "10.1.0.0/24"), openTestCluster(t, kubeB, "ctx-b", "10.2.0.0/24")
+}
+
+// openTestCluster opens env's cluster as context, with an empty mesh
+// namespace and a Node with pod CIDR cidr.
+func openTestCluster(t testing.TB, env *testenv.Env, context, cidr string) testCluster {
+	t.Helper()
+	k := env.Kube(t)
+	c, err := NewCluster(context, k.Config)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return open(kubeA, "ctx-a", "10.1.0.0/24"), open(kubeB, "ctx-b", "10.2.0.0/24")
+	resetMesh(t, k.Client)
+	t.Cleanup(func() { resetMesh(t, k.Client) })
+	addNode(t, k.Client, context+"-node", cidr)
+	return testCluster{Cluster: c, client: k.Client}
 }
 
 func testCtx(t testing.TB) context.Context {
@@ -624,5 +629,63 @@ func BenchmarkConnectAgain(b *testing.B) {
 		if err != nil || len(res.Changes) != 0 {
 			b.Fatalf("connect: %v, %v", res.Changes, err)
 		}
+	}
+}
+
+// TestConnectFullMesh connects three clusters in mesh mode, then removes
+// one direction with a unicast disconnect.
+func TestConnectFullMesh(t *testing.T) {
+	a, b := twoClusters(t)
+	c := openTestCluster(t, kubeC, "ctx-c", "10.3.0.0/24")
+	clusters := map[string]testCluster{"a": a, "b": b, "c": c}
+	for i, name := range []string{"a", "b", "c"} {
+		enable(t, clusters[name], name, uint32(i+1))
+		meshopstest.StartForCluster(t, clusters[name].client)
+	}
+	res, err := Connect(testCtx(t), a.Cluster, []*Cluster{b.Cluster, c.Cluster}, ConnectOptions{Mode: FullMesh})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Connections) != 6 {
+		t.Errorf("connections %v, want 6", res.Connections)
+	}
+	readers := func(tc testCluster) []string {
+		cm, err := tc.client.CoreV1().ConfigMaps(meshconfig.Namespace).Get(context.Background(), meshconfig.RemoteReadersConfigMap, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return slices.Sorted(maps.Keys(cm.Data))
+	}
+	entryNames := func(tc testCluster) []string {
+		entries, _ := meshconfig.ParseEntries(getSecret(t, tc.client, meshconfig.ClusterMeshSecret).Data)
+		return slices.Sorted(maps.Keys(entries))
+	}
+	for name, tc := range clusters {
+		var others []string
+		for o := range clusters {
+			if o != name {
+				others = append(others, o)
+			}
+		}
+		slices.Sort(others)
+		if got := readers(tc); !slices.Equal(got, others) {
+			t.Errorf("%s grants %v, want %v", name, got, others)
+		}
+		if got := entryNames(tc); !slices.Equal(got, []string{"a", "b", "c"}) {
+			t.Errorf("%s reads %v, want every cluster", name, got)
+		}
+	}
+
+	if _, err := Disconnect(testCtx(t), b.Cluster, []*Cluster{c.Cluster}, DisconnectOptions{Mode: Unicast}); err != nil {
+		t.Fatal(err)
+	}
+	if got := entryNames(b); !slices.Equal(got, []string{"a", "b"}) {
+		t.Errorf("b reads %v after b -/-> c", got)
+	}
+	if got := readers(c); !slices.Equal(got, []string{"a"}) {
+		t.Errorf("c grants %v after b -/-> c", got)
+	}
+	if got := entryNames(c); !slices.Equal(got, []string{"a", "b", "c"}) {
+		t.Errorf("c reads %v; the other direction must stay", got)
 	}
 }
