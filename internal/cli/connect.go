@@ -123,7 +123,7 @@ for more than a third of their lifetime; after that it renews them.`,
 	}
 	f.add(cmd, "connect with", true)
 	fl := cmd.Flags()
-	fl.BoolVar(&opts.SkipEndpointCheck, "skip-endpoint-check", false, "do not dial the mesh endpoints from this machine before writing. For split-horizon networks, where the clusters reach each other at addresses this machine cannot; the risk: a wrong or unreachable endpoint is then only seen later, in `isthmus status`")
+	fl.BoolVar(&opts.SkipEndpointCheck, "skip-endpoint-check", false, "do not dial the mesh endpoints from this machine before writing. For split-horizon networks, where the clusters reach each other at addresses this machine cannot; the risk: a wrong or unreachable endpoint is then only seen later, in the output of isthmus status")
 	fl.DurationVar(&opts.EndpointTimeout, "endpoint-timeout", meshops.DefaultEndpointTimeout, "how long to wait for each mesh endpoint to answer")
 	fl.BoolVar(&opts.DryRun, "dry-run", false, "check and show what would change, without writing")
 	return cmd
