@@ -85,7 +85,6 @@ func (d Dir) MeshDir(cluster string) string { return d.path("clusters", cluster,
 // certificate that `isthmus lab env` gives etcdctl.
 const (
 	MeshCACert     = "ca.crt"
-	MeshCAKey      = "ca.key"
 	MeshServerCert = "server.crt"
 	MeshServerKey  = "server.key"
 	MeshAdminCert  = "admin.crt"

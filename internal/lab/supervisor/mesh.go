@@ -12,17 +12,14 @@ import (
 	"strconv"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/isthmus-mesh/isthmus/certs"
 	"github.com/isthmus-mesh/isthmus/internal/lab/state"
 	"github.com/isthmus-mesh/isthmus/internal/lab/topology"
 	"github.com/isthmus-mesh/isthmus/internal/meshconfig"
-	"github.com/isthmus-mesh/isthmus/internal/protocol"
+	"github.com/isthmus-mesh/isthmus/internal/meshops"
 )
 
 // MeshHealthPort is where each cluster's isthmus-apiserver serves /readyz,
@@ -38,12 +35,12 @@ func (s *Supervisor) meshEnabled() bool {
 	return s.plan.MeshAPIServer != "" && s.plan.Agent != ""
 }
 
-// meshAPIServers prepares each cluster for the mesh, as `isthmus enable`
-// would: a mesh CA, the etcd server and admin certificates, and in the
-// cluster the objects the CLI, the agents and `isthmus connect` read (the
-// isthmus-config ConfigMap, the isthmus-ca Secret and the cluster's own
-// entry of the isthmus-clustermesh Secret). It lists one isthmus-apiserver
-// per cluster, on the cluster's API address.
+// meshAPIServers prepares each cluster for the mesh with meshops.Enable,
+// as `isthmus enable` does (mesh CA, certificates, CRDs, the cluster's own
+// isthmus-clustermesh entry and the isthmus-config ConfigMap with its mesh
+// endpoint), copies the apiserver's certificates into the cluster's mesh
+// directory, and lists one isthmus-apiserver per cluster, serving the mesh
+// etcd on the cluster's API address.
 func (s *Supervisor) meshAPIServers(ctx context.Context) ([]ProcessSpec, error) {
 	var specs []ProcessSpec
 	for _, c := range s.lab.Clusters {
@@ -61,40 +58,29 @@ func (s *Supervisor) meshAPIServer(ctx context.Context, c topology.Cluster) (Pro
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return ProcessSpec{}, err
 	}
-	ca, err := certs.NewCA("isthmus mesh CA "+c.Name, 0)
-	if err != nil {
-		return ProcessSpec{}, err
-	}
-	server, err := ca.IssueServer(certs.ServerOptions{IPs: []netip.Addr{c.APIAddr, netip.MustParseAddr("127.0.0.1")}})
-	if err != nil {
-		return ProcessSpec{}, err
-	}
-	admin, err := ca.IssueClient(protocol.AdminUser(c.Name), 0)
-	if err != nil {
-		return ProcessSpec{}, err
-	}
-	local, err := ca.IssueClient(protocol.LocalUser(c.Name), 0)
-	if err != nil {
-		return ProcessSpec{}, err
-	}
-	files := map[string][]byte{
-		state.MeshCACert: ca.CertPEM(), state.MeshCAKey: ca.KeyPEM(),
-		state.MeshServerCert: server.CertPEM, state.MeshServerKey: server.KeyPEM,
-		state.MeshAdminCert: admin.CertPEM, state.MeshAdminKey: admin.KeyPEM,
-	}
-	for name, b := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
-			return ProcessSpec{}, err
-		}
-	}
 	s.mu.Lock()
 	cp := s.planes[c.Name]
 	s.mu.Unlock()
-	kubeconfig := filepath.Join(dir, "apiserver.kubeconfig")
-	if err := writeClientKubeconfig(kubeconfig, cp, c, "isthmus-apiserver-"+c.Name, "system:masters"); err != nil {
+	restCfg, err := clientcmd.NewDefaultClientConfig(*cp.Kubeconfig(c.Name), &clientcmd.ConfigOverrides{}).ClientConfig()
+	if err != nil {
 		return ProcessSpec{}, err
 	}
-	if err := publishMesh(ctx, cp, c, ca, local); err != nil {
+	cluster, err := meshops.NewCluster(c.Name, restCfg)
+	if err != nil {
+		return ProcessSpec{}, err
+	}
+	if _, err := meshops.Enable(ctx, cluster, meshops.EnableOptions{
+		ClusterName:   c.Name,
+		ClusterID:     c.ID,
+		MeshEndpoints: []string{c.MeshEndpoint()},
+	}); err != nil {
+		return ProcessSpec{}, err
+	}
+	if err := copyMeshSecrets(ctx, cluster.Client(), dir); err != nil {
+		return ProcessSpec{}, err
+	}
+	kubeconfig := filepath.Join(dir, "apiserver.kubeconfig")
+	if err := writeClientKubeconfig(kubeconfig, cp, c, "isthmus-apiserver-"+c.Name, "system:masters"); err != nil {
 		return ProcessSpec{}, err
 	}
 	health := netip.AddrPortFrom(c.APIAddr, MeshHealthPort).String()
@@ -121,48 +107,28 @@ func (s *Supervisor) meshAPIServer(ctx context.Context, c topology.Cluster) (Pro
 	}, nil
 }
 
-// publishMesh writes what `isthmus enable` writes into a cluster: the
-// cluster's identity and mesh endpoint (isthmus-config), its CA (isthmus-ca)
-// and the cluster's own entry in isthmus-clustermesh, read by its agents
-// with the local-<cluster> certificate.
-func publishMesh(ctx context.Context, cp ControlPlane, c topology.Cluster, ca *certs.CA, local *certs.KeyPair) error {
-	client, err := kubeClient(cp, c)
-	if err != nil {
-		return err
+// copyMeshSecrets writes the certificates Enable stored in the cluster into
+// files, as a Helm deployment would mount them: the CA, the apiserver's
+// server certificate and its admin client certificate.
+func copyMeshSecrets(ctx context.Context, client kubernetes.Interface, dir string) error {
+	files := []struct{ secret, key, file string }{
+		{meshconfig.CASecret, meshconfig.KeyTLSCert, state.MeshCACert},
+		{meshconfig.ServerCertSecret, meshconfig.KeyTLSCert, state.MeshServerCert},
+		{meshconfig.ServerCertSecret, meshconfig.KeyTLSKey, state.MeshServerKey},
+		{meshconfig.AdminCertSecret, meshconfig.KeyTLSCert, state.MeshAdminCert},
+		{meshconfig.AdminCertSecret, meshconfig.KeyTLSKey, state.MeshAdminKey},
 	}
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: meshconfig.Namespace}}
-	if _, err := client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create namespace %s: %w", meshconfig.Namespace, err)
-	}
-	cm := &corev1.ConfigMap{
-		ObjectMeta: metav1.ObjectMeta{Name: meshconfig.ConfigMapName, Namespace: meshconfig.Namespace},
-		Data: map[string]string{
-			meshconfig.KeyClusterName:          c.Name,
-			meshconfig.KeyClusterID:            strconv.Itoa(int(c.ID)),
-			meshconfig.KeyMaxConnectedClusters: strconv.Itoa(protocol.MaxConnectedClusters255),
-			meshconfig.KeyMeshEndpoints:        c.MeshEndpoint(),
-		},
-	}
-	caSecret := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: meshconfig.CASecret, Namespace: meshconfig.Namespace},
-		Type:       corev1.SecretTypeTLS,
-		Data:       map[string][]byte{meshconfig.KeyTLSCert: ca.CertPEM(), meshconfig.KeyTLSKey: ca.KeyPEM()},
-	}
-	mesh := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: meshconfig.ClusterMeshSecret, Namespace: meshconfig.Namespace},
-		Data:       map[string][]byte{},
-	}
-	if err := meshconfig.PutEntry(mesh.Data, meshconfig.ClusterEntry{
-		Cluster: c.Name, Endpoints: []string{c.MeshEndpoint()}, CA: ca.CertPEM(), Cert: local.CertPEM, Key: local.KeyPEM,
-	}); err != nil {
-		return err
-	}
-	if _, err := client.CoreV1().ConfigMaps(meshconfig.Namespace).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("create ConfigMap %s: %w", meshconfig.ConfigMapName, err)
-	}
-	for _, sec := range []*corev1.Secret{caSecret, mesh} {
-		if _, err := client.CoreV1().Secrets(meshconfig.Namespace).Create(ctx, sec, metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("create Secret %s: %w", sec.Name, err)
+	for _, f := range files {
+		sec, err := client.CoreV1().Secrets(meshconfig.Namespace).Get(ctx, f.secret, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("read Secret %s/%s: %w", meshconfig.Namespace, f.secret, err)
+		}
+		b := sec.Data[f.key]
+		if len(b) == 0 {
+			return fmt.Errorf("Secret %s/%s has no %s", meshconfig.Namespace, f.secret, f.key)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f.file), b, 0o600); err != nil {
+			return err
 		}
 	}
 	return nil
