@@ -93,6 +93,7 @@ func TestUpAfterCrash(t *testing.T) {
 	if err := hier.Kill(ctx, topology.CgroupDir(name)); err != nil {
 		t.Fatal(err)
 	}
+	waitUnlocked(t, state.For(root, name))
 	if _, err := lab.Open(root, name); err == nil {
 		t.Fatal("Open found a lab whose supervisor is dead")
 	}
@@ -118,6 +119,27 @@ func TestUpAfterCrash(t *testing.T) {
 	}
 	if left, _ := lab.Leftovers(root, name); len(left) != 0 {
 		t.Errorf("after down: %v", left)
+	}
+}
+
+// waitUnlocked waits until the crashed lab's lock is free. kill and
+// cgroup.kill return before the kernel has finished tearing every thread
+// down, and the lock lives until the last process sharing it is gone.
+func waitUnlocked(t *testing.T, dir state.Dir) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		pid, err := dir.Holder()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pid == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the lab lock is still held 30s after every lab process was killed")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
