@@ -15,8 +15,16 @@ build: ## build the binaries into bin/
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/...
 
+.PHONY: kube
+kube: ## build and cache the pinned kube-apiserver, controller-manager, scheduler (internal/kubebin)
+	$(GO) run ./internal/kubebin/internal/ensure
+
+.PHONY: kube-pin
+kube-pin: ## regenerate the kubebin tool module from kubebin.KubernetesVersion, then run make kube
+	$(GO) run ./internal/kubebin/internal/pin
+
 .PHONY: test
-test: verify ## everything CI runs: checks, unit, integration and e2e tests
+test: verify kube ## everything CI runs: checks, unit, integration and e2e tests (builds the control plane first)
 	$(GO) test $(GOTEST_FLAGS) -timeout $(TEST_TIMEOUT) ./...
 
 .PHONY: test-unit
@@ -38,6 +46,10 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 .PHONY: generate
 generate: ## regenerate BPF objects and CRDs
 	$(GO) generate ./...
+
+.PHONY: verify-generated
+verify-generated: ## check committed BPF objects match their C sources (skips without clang-14)
+	GO=$(GO) datapath/bpf/verify-generated.sh
 
 .PHONY: verify
 verify: ## formatting, vet, go.mod tidiness
