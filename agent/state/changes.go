@@ -11,9 +11,9 @@ import (
 type Changes[K comparable] struct {
 	notify chan struct{} // capacity 1: a pending wake-up
 
-	mu   sync.Mutex       // guards the fields below
+	mu   sync.Mutex      // guards the fields below
 	keys map[K]time.Time // key -> first change not yet taken
-	full bool             // a full resync was requested
+	full bool            // a full resync was requested
 }
 
 func newChanges[K comparable]() *Changes[K] {
