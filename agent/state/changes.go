@@ -48,6 +48,22 @@ func (c *Changes[K]) RequestFull() {
 	c.wake()
 }
 
+// Requeue puts keys back, for a consumer that failed to apply them; their
+// first-change times are kept.
+func (c *Changes[K]) Requeue(keys map[K]time.Time) {
+	if len(keys) == 0 {
+		return
+	}
+	c.mu.Lock()
+	for k, t := range keys {
+		if cur, ok := c.keys[k]; !ok || t.Before(cur) {
+			c.keys[k] = t
+		}
+	}
+	c.mu.Unlock()
+	c.wake()
+}
+
 func (c *Changes[K]) add(k K, now time.Time) {
 	c.mu.Lock()
 	if _, ok := c.keys[k]; !ok {

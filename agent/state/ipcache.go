@@ -1,6 +1,7 @@
 package state
 
 import (
+	"iter"
 	"net/netip"
 
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
@@ -23,7 +24,7 @@ type IPCacheEntry struct {
 // ResolveIPCache calls fn with the merged entry of every prefix in
 // prefixes (ok false for prefixes no cluster holds), under one read lock.
 // fn must not call back into the State.
-func (s *State) ResolveIPCache(prefixes func(yield func(netip.Prefix) bool), fn func(p netip.Prefix, e IPCacheEntry, ok bool)) {
+func (s *State) ResolveIPCache(prefixes iter.Seq[netip.Prefix], fn func(p netip.Prefix, e IPCacheEntry, ok bool)) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	own := s.ownNodeIPsLocked()
