@@ -69,3 +69,11 @@ const (
 	AffinityLocal  = "local"
 	AffinityRemote = "remote"
 )
+
+// RemoteReadersConfigMap lists, one data key per cluster name, the remote
+// clusters allowed to read this cluster's mesh etcd. `isthmus connect` adds a
+// cluster when it issues it a certificate (CN remote-<cluster>, see
+// protocol.RemoteUserFor) and `isthmus disconnect` removes it; the mesh
+// apiserver keeps the etcd users in step, so a disconnect revokes access even
+// while the certificate is still valid.
+const RemoteReadersConfigMap = "isthmus-remote-readers"

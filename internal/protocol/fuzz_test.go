@@ -87,4 +87,3 @@ func FuzzDecodeClusterConfig(f *testing.F) {
 		}
 	})
 }
-
