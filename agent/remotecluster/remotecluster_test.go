@@ -493,7 +493,11 @@ func TestOwnClusterMustMatchLocalID(t *testing.T) {
 	if !strings.Contains(st.LastError, "--cluster-id") {
 		t.Errorf("refusal: %q", st.LastError)
 	}
-	r2 := startReader(t, c, remotecluster.NewClusterIDs("home", 4), nil)
+	// The agent reads its own cluster as the local user, through the
+	// same code path.
+	r2 := startReader(t, c, remotecluster.NewClusterIDs("home", 4), func(cfg *remotecluster.Config) {
+		cfg.Entry = c.Entry(protocol.LocalUser("home"))
+	})
 	r2.waitState(t, remotecluster.StateReady)
 }
 

@@ -559,7 +559,7 @@ func (s *session) onHeartbeatResponse(r clientv3.WatchResponse, ok bool, timer *
 		// Any write proves the remote alive; the time it carries only
 		// feeds the status and the delay metric.
 		timer.Reset(rc.cfg.HeartbeatTimeout)
-		if t, err := time.Parse(time.RFC3339Nano, string(ev.Kv.Value)); err == nil {
+		if t, err := protocol.DecodeTimestamp(protocol.HeartbeatKey, ev.Kv.Value); err == nil {
 			rc.metrics.heartbeatDelay.Set(time.Since(t).Seconds())
 			rc.mu.Lock()
 			rc.status.LastHeartbeat = t

@@ -22,7 +22,7 @@ import (
 )
 
 // RemoteUser is the read-only etcd user readers of other clusters use.
-const RemoteUser = "remote"
+const RemoteUser = protocol.RemoteUser
 
 // Cluster is one test cluster's mesh etcd: a real embedded etcd server with
 // mutual TLS and etcd auth, the users of PROTOCOL.md "Access", and an admin
@@ -49,8 +49,7 @@ func StartCluster(tb testing.TB, name string, id uint32) *Cluster {
 	tb.Helper()
 	c := &Cluster{Name: name, ID: id, MaxConnected: protocol.MaxConnectedClusters255, CA: NewCA(tb, name+"-ca"), tb: tb, dir: tb.TempDir()}
 	cert, key := c.CA.Issue(tb, "server", true)
-	adminCert, adminKey := c.CA.Issue(tb, "root", false)
-	for f, b := range map[string][]byte{"ca.crt": c.CA.CertPEM, "server.crt": cert, "server.key": key, "root.crt": adminCert, "root.key": adminKey} {
+	for f, b := range map[string][]byte{"ca.crt": c.CA.CertPEM, "server.crt": cert, "server.key": key} {
 		if err := os.WriteFile(filepath.Join(c.dir, f), b, 0o600); err != nil {
 			tb.Fatal(err)
 		}
@@ -98,6 +97,8 @@ func (c *Cluster) Start(wipe bool) {
 	cfg.ClientTLSInfo.ClientCertAuth = true
 	// Large lists in benchmarks; keep the defaults' spirit otherwise.
 	cfg.QuotaBackendBytes = 4 << 30
+	// Throwaway data: fsync would dominate on a busy disk.
+	cfg.UnsafeNoFsync = true
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		tb.Fatalf("meshtest: start etcd of %s: %v", c.Name, err)
@@ -113,7 +114,7 @@ func (c *Cluster) Start(wipe bool) {
 	}
 	c.clientURL = "https://" + e.Clients[0].Addr().String()
 	c.etcd = e
-	c.admin = c.newClient("root")
+	c.admin = c.newClient(protocol.RootUser)
 }
 
 // Stop stops the etcd server. Readers see their connection fail.
@@ -164,7 +165,8 @@ func (c *Cluster) Client() *clientv3.Client {
 	return c.admin
 }
 
-// SetupAuth creates the root and remote users and turns etcd auth on, so
+// SetupAuth creates the root, remote and local users of PROTOCOL.md
+// "Access" and turns etcd auth on, so
 // readers see exactly the permissions a mesh apiserver grants. StartCluster
 // does it; call it again after a Start that wiped the data.
 func (c *Cluster) SetupAuth() {
@@ -178,17 +180,24 @@ func (c *Cluster) SetupAuth() {
 		}
 	}
 	noPassword := &clientv3.UserAddOptions{NoPassword: true}
-	must(cl.UserAddWithOptions(ctx, "root", "", noPassword))
-	must(cl.UserGrantRole(ctx, "root", "root"))
-	must(cl.RoleAdd(ctx, RemoteUser))
+	must(cl.UserAddWithOptions(ctx, protocol.RootUser, "", noPassword))
+	must(cl.UserGrantRole(ctx, protocol.RootUser, "root"))
 	read := clientv3.PermissionType(clientv3.PermRead)
-	must(cl.RoleGrantPermission(ctx, RemoteUser, protocol.HeartbeatKey, "", read))
-	must(cl.RoleGrantPermission(ctx, RemoteUser, protocol.StatePrefix, clientv3.GetPrefixRangeEnd(protocol.StatePrefix), read))
-	must(cl.RoleGrantPermission(ctx, RemoteUser, protocol.ClusterConfigKey(c.Name), "", read))
-	synced := protocol.SyncedPrefix + c.Name + "/"
-	must(cl.RoleGrantPermission(ctx, RemoteUser, synced, clientv3.GetPrefixRangeEnd(synced), read))
-	must(cl.UserAddWithOptions(ctx, RemoteUser, "", noPassword))
-	must(cl.UserGrantRole(ctx, RemoteUser, RemoteUser))
+	for user, ranges := range map[string][]protocol.KeyRange{
+		protocol.RemoteUser:        protocol.RemoteReadable(c.Name),
+		protocol.LocalUser(c.Name): protocol.LocalReadable(),
+	} {
+		must(cl.RoleAdd(ctx, user))
+		for _, r := range ranges {
+			end := ""
+			if r.Prefix {
+				end = clientv3.GetPrefixRangeEnd(r.Key)
+			}
+			must(cl.RoleGrantPermission(ctx, user, r.Key, end, read))
+		}
+		must(cl.UserAddWithOptions(ctx, user, "", noPassword))
+		must(cl.UserGrantRole(ctx, user, user))
+	}
 	must(cl.AuthEnable(ctx))
 }
 
@@ -249,13 +258,13 @@ func (c *Cluster) PutSynced(kinds ...protocol.Kind) {
 		kinds = protocol.Kinds
 	}
 	for _, k := range kinds {
-		c.Put(protocol.SyncedKey(c.Name, k), []byte(time.Now().UTC().Format(time.RFC3339)))
+		c.Put(protocol.SyncedKey(c.Name, k), protocol.EncodeTimestamp(time.Now()))
 	}
 }
 
 // PutHeartbeat writes the heartbeat.
 func (c *Cluster) PutHeartbeat() {
-	c.Put(protocol.HeartbeatKey, []byte(time.Now().UTC().Format(time.RFC3339Nano)))
+	c.Put(protocol.HeartbeatKey, protocol.EncodeTimestamp(time.Now()))
 }
 
 // Heartbeat writes the heartbeat every interval until the returned stop
@@ -274,7 +283,7 @@ func (c *Cluster) Heartbeat(interval time.Duration) (stop func()) {
 			c.mu.Unlock()
 			if cl != nil {
 				wctx, wcancel := context.WithTimeout(ctx, interval)
-				_, _ = cl.Put(wctx, protocol.HeartbeatKey, time.Now().UTC().Format(time.RFC3339Nano))
+				_, _ = cl.Put(wctx, protocol.HeartbeatKey, string(protocol.EncodeTimestamp(time.Now())))
 				wcancel()
 			}
 			select {
