@@ -38,10 +38,14 @@ type ServiceReconciler struct {
 	loop    loop
 	metrics struct{ frontends, slots, backends *mapMetrics }
 
-	mu sync.Mutex // guards written
+	mu sync.Mutex // guards the fields below
 	// written is what this process programmed per global service.
 	written map[state.ServiceName][]dpmaps.Service
+	counts  ServiceCounts
 }
+
+// ServiceCounts counts the entries this process programmed per map.
+type ServiceCounts struct{ Frontends, Slots, Backends int }
 
 // NewServices returns a ServiceReconciler subscribed to cfg.State.
 func NewServices(logger *slog.Logger, cfg ServiceConfig) (*ServiceReconciler, error) {
@@ -74,6 +78,13 @@ func (r *ServiceReconciler) Programmed(nn state.ServiceName) []dpmaps.Service {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.written[nn]
+}
+
+// Counts returns the entries programmed per map.
+func (r *ServiceReconciler) Counts() ServiceCounts {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.counts
 }
 
 var affinities = map[string]dpmaps.Affinity{
@@ -237,6 +248,7 @@ func (r *ServiceReconciler) updateMetrics() {
 			}
 		}
 	}
+	r.counts = ServiceCounts{frontends, slots, len(backends)}
 	r.mu.Unlock()
 	r.metrics.frontends.setEntries(frontends)
 	r.metrics.slots.setEntries(slots)
