@@ -85,6 +85,13 @@ type Config struct {
 	// Registry receives the metrics. Nil means a new registry with the Go
 	// and process collectors.
 	Registry *prometheus.Registry
+	// ClusterMeshNamespace is where the isthmus-clustermesh Secret is.
+	// Empty means meshconfig.Namespace.
+	ClusterMeshNamespace string
+	// ServiceNamespace limits the Services watched to one namespace.
+	// Empty means all (what a node agent does); tests that share an
+	// apiserver scope it.
+	ServiceNamespace string
 }
 
 func (c *Config) setDefaults() {
@@ -181,13 +188,13 @@ func New(logger *slog.Logger, cfg Config) (_ *Agent, err error) {
 	reader := cfg.Reader
 	reader.MaxConnectedClusters = cfg.MaxConnectedClusters
 	reader.Metrics = remotecluster.NewMetrics(cfg.Registry)
-	a.mesh, err = clustermesh.New(logger, clustermesh.Config{Client: cfg.Client, State: a.state, ClusterIDs: a.ids, Reader: reader})
+	a.mesh, err = clustermesh.New(logger, clustermesh.Config{Client: cfg.Client, Namespace: cfg.ClusterMeshNamespace, State: a.state, ClusterIDs: a.ids, Reader: reader})
 	if err != nil {
 		return nil, err
 	}
 	a.broadcast = events.NewBroadcaster(&events.EventSinkImpl{Interface: cfg.Client.EventsV1()})
 	a.services, err = localservices.New(logger, localservices.Config{
-		Client: cfg.Client, State: a.state,
+		Client: cfg.Client, State: a.state, Namespace: cfg.ServiceNamespace,
 		Events: a.broadcast.NewRecorder(scheme.Scheme, "isthmus-agent"),
 	})
 	if err != nil {

@@ -25,6 +25,7 @@ import (
 
 	"github.com/isthmus-mesh/isthmus/agent"
 	"github.com/isthmus-mesh/isthmus/datapath/bpffs"
+	"github.com/isthmus-mesh/isthmus/internal/meshconfig"
 	dpmaps "github.com/isthmus-mesh/isthmus/datapath/maps"
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
 )
@@ -51,6 +52,8 @@ type options struct {
 	metricsAddress        string
 	initialSyncTimeout    time.Duration
 	heartbeatTimeout      time.Duration
+	clustermeshNamespace  string
+	watchNamespace        string
 	logLevel              string
 	logJSON               bool
 	maps                  dpmaps.Config
@@ -87,6 +90,9 @@ programs the pinned BPF maps the datapath reads.`,
 	f.StringVar(&o.metricsAddress, "metrics-address", agent.DefaultMetricsAddress, `host:port of the Prometheus /metrics endpoint ("-" to disable)`)
 	f.DurationVar(&o.initialSyncTimeout, "initial-sync-timeout", agent.DefaultInitialSyncTimeout, "how long to wait for every cluster to sync before pruning stale map entries anyway")
 	f.DurationVar(&o.heartbeatTimeout, "heartbeat-timeout", 2*time.Minute, "reconnect to a cluster whose heartbeat is older than this (twice the heartbeat interval)")
+	f.StringVar(&o.clustermeshNamespace, "clustermesh-namespace", meshconfig.Namespace, "namespace of the isthmus-clustermesh Secret")
+	f.StringVar(&o.watchNamespace, "watch-namespace", "", "watch Services in this namespace only (default: all); for tests that share an apiserver")
+	_ = f.MarkHidden("watch-namespace")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&o.logJSON, "log-json", false, "log in JSON instead of text")
 	f.Uint32Var(&o.maps.IPCacheMaxEntries, "ipcache-max-entries", dpmaps.DefaultIPCacheMaxEntries, "size of the ipcache map")
@@ -142,6 +148,8 @@ func (o *options) run(ctx context.Context, logOut io.Writer) error {
 		MetricsAddress:       o.metricsAddress,
 		InitialSyncTimeout:   o.initialSyncTimeout,
 		Reader:               agentReaderConfig(o),
+		ClusterMeshNamespace: o.clustermeshNamespace,
+		ServiceNamespace:     o.watchNamespace,
 	})
 	if err != nil {
 		return err

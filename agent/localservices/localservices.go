@@ -40,6 +40,9 @@ type Config struct {
 	Events events.EventRecorder
 	// Resync is the informers' resync period. Zero means none.
 	Resync time.Duration
+	// Namespace limits the watch to one namespace. Empty means all, which
+	// is what the agent does; tests sharing one apiserver scope it.
+	Namespace string
 }
 
 // Watcher watches the local cluster's Services and EndpointSlices. Run does
@@ -65,7 +68,7 @@ func New(logger *slog.Logger, cfg Config) (*Watcher, error) {
 	if cfg.Client == nil || cfg.State == nil {
 		return nil, errors.New("localservices: Config.Client and State are required")
 	}
-	f := informers.NewSharedInformerFactory(cfg.Client, cfg.Resync)
+	f := informers.NewSharedInformerFactoryWithOptions(cfg.Client, cfg.Resync, informers.WithNamespace(cfg.Namespace))
 	w := &Watcher{
 		logger:   logger.With(logfields.Component, "localservices"),
 		cfg:      cfg,
