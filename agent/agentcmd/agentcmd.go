@@ -25,8 +25,8 @@ import (
 
 	"github.com/isthmus-mesh/isthmus/agent"
 	"github.com/isthmus-mesh/isthmus/datapath/bpffs"
-	"github.com/isthmus-mesh/isthmus/internal/meshconfig"
 	dpmaps "github.com/isthmus-mesh/isthmus/datapath/maps"
+	"github.com/isthmus-mesh/isthmus/internal/meshconfig"
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
 )
 

@@ -40,7 +40,7 @@ func (h *countingHandler) UpsertService(s *protocol.ClusterService) {
 	h.held[1][s.NamespacedName()] = true
 }
 func (h *countingHandler) DeleteService(ns, name string) { delete(h.held[1], ns+"/"+name) }
-func (h *countingHandler) Synced(protocol.Kind)         {}
+func (h *countingHandler) Synced(protocol.Kind)          {}
 
 // FuzzSessionValues drives arbitrary keys and values of every kind through
 // the reader's decode, track and withdraw path (the part of a connection
