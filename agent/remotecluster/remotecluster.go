@@ -45,11 +45,12 @@ type Config struct {
 	MinBackoff, MaxBackoff time.Duration
 	// DialTimeout bounds establishing a connection. Zero means 10s.
 	DialTimeout time.Duration
-	// RequestTimeout bounds one read (a cluster-config read or a list
-	// page). Zero means 30s.
+	// RequestTimeout bounds one read (a list page, or the wait for the
+	// next chunk of a streamed list). Zero means 30s.
 	RequestTimeout time.Duration
-	// ListPageSize is the number of keys read per list request, which
-	// bounds the memory a list needs. Zero means 5000.
+	// ListPageSize is the number of keys read per list request from
+	// servers that cannot stream ranges (etcd before 3.7), which bounds
+	// the memory a list needs. Zero means 10000.
 	ListPageSize int64
 	// NewClient creates the etcd client. Nil means clientv3.New.
 	NewClient func(clientv3.Config) (*clientv3.Client, error)
@@ -67,7 +68,7 @@ func (c *Config) setDefaults() {
 	def(&c.DialTimeout, 10*time.Second)
 	def(&c.RequestTimeout, 30*time.Second)
 	if c.ListPageSize == 0 {
-		c.ListPageSize = 5000
+		c.ListPageSize = 10000
 	}
 	if c.NewClient == nil {
 		c.NewClient = clientv3.New

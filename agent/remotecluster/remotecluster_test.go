@@ -10,10 +10,15 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/isthmus-mesh/isthmus/agent/internal/meshtest"
@@ -251,6 +256,36 @@ func TestListsWatchesAndFollowsChanges(t *testing.T) {
 	}
 	if err := f.matches(r.rec); err != nil {
 		t.Error(err)
+	}
+}
+
+// An etcd before 3.7 has no RangeStream; the reader lists in pages then.
+func TestListsInPagesWithoutRangeStream(t *testing.T) {
+	c := meshtest.StartCluster(t, "cluster1", 1)
+	c.Heartbeat(100 * time.Millisecond)
+	f := publish(c, 250)
+	c.PutSynced()
+	var streams atomic.Int32
+	r := startReader(t, c, remotecluster.NewClusterIDs("local", 9), func(cfg *remotecluster.Config) {
+		cfg.ListPageSize = 30
+		cfg.NewClient = func(cc clientv3.Config) (*clientv3.Client, error) {
+			cc.DialOptions = append(cc.DialOptions, grpc.WithChainStreamInterceptor(
+				func(ctx context.Context, desc *grpc.StreamDesc, conn *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+					if strings.HasSuffix(method, "/RangeStream") {
+						streams.Add(1)
+						return nil, status.Error(codes.Unimplemented, "unknown method RangeStream for service etcdserverpb.KV")
+					}
+					return streamer(ctx, desc, conn, method, opts...)
+				}))
+			return clientv3.New(cc)
+		}
+	})
+	r.waitState(t, remotecluster.StateReady)
+	if err := f.matches(r.rec); err != nil {
+		t.Fatal(err)
+	}
+	if n := streams.Load(); n != 1 {
+		t.Errorf("RangeStream tried %d times, want once per connection", n)
 	}
 }
 

@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -35,6 +38,9 @@ type session struct {
 	pendingRev [numKinds]int64
 	// seenRev is the revision up to which the kind's events are applied.
 	seenRev [numKinds]int64
+	// noStream is set once the server turned out not to support
+	// RangeStream (etcd before 3.7).
+	noStream bool
 }
 
 func (s *session) run(ctx context.Context) error {
@@ -195,10 +201,75 @@ func (s *session) listOnce(ctx context.Context, i int) (int64, error) {
 	// Keys delivered by an earlier attempt carry an older generation and
 	// are swept unless this attempt sees them again.
 	known.gen++
+	started := time.Now()
+	var rev int64
+	var n int
+	var err error
+	if !s.noStream {
+		rev, n, err = s.listStream(ctx, i)
+		if status.Code(err) == codes.Unimplemented {
+			// An etcd before 3.7 has no RangeStream: page instead.
+			rc.logger.Debug("Server cannot stream ranges; listing in pages", logfields.Error, err)
+			s.noStream = true
+		}
+	}
+	if s.noStream {
+		rev, n, err = s.listPaged(ctx, i)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("list %s: %w", s.prefixes[i], err)
+	}
+	swept := s.sweep(i)
+	s.publish(i, swept > 0)
+	rc.logger.Debug("Listed prefix", logfields.Prefix, s.prefixes[i], logfields.Revision, rev, logfields.Count, n, "swept", swept, logfields.Duration, time.Since(started))
+	return rev, nil
+}
+
+// listStream reads kind i with one streamed range: the server sends
+// chunks of about a request's size at one revision and never counts the
+// whole range per chunk, which paged Gets must. It returns the revision and
+// the number of keys.
+func (s *session) listStream(ctx context.Context, i int) (int64, int, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// The stream may take long; what must not is the wait for one chunk.
+	idle := time.AfterFunc(s.rc.cfg.RequestTimeout, cancel)
+	defer idle.Stop()
+	ch, err := s.client.GetStream(ctx, s.prefixes[i], clientv3.WithPrefix())
+	if err != nil {
+		return 0, 0, err
+	}
+	var rev int64
+	n := 0
+	for r := range ch {
+		idle.Reset(s.rc.cfg.RequestTimeout)
+		if err := r.Err(); err != nil {
+			for range ch {
+			}
+			return 0, 0, err
+		}
+		for _, kv := range r.Kvs {
+			s.put(i, kv.Key, kv.Value)
+		}
+		n += len(r.Kvs)
+		s.publish(i, len(r.Kvs) > 0)
+		if r.Header != nil {
+			rev = r.Header.Revision
+		}
+	}
+	if rev == 0 {
+		return 0, 0, errors.New("range stream ended without its final chunk")
+	}
+	return rev, n, nil
+}
+
+// listPaged reads kind i in pages at one revision, for servers without
+// RangeStream.
+func (s *session) listPaged(ctx context.Context, i int) (int64, int, error) {
+	rc := s.rc
 	prefix := s.prefixes[i]
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	start := prefix
-	started := time.Now()
 	var rev int64
 	n := 0
 	for {
@@ -210,7 +281,7 @@ func (s *session) listOnce(ctx context.Context, i int) (int64, error) {
 		resp, err := s.client.Get(tctx, start, opts...)
 		cancel()
 		if err != nil {
-			return 0, fmt.Errorf("list %s: %w", prefix, err)
+			return 0, 0, err
 		}
 		if rev == 0 {
 			rev = resp.Header.Revision
@@ -221,14 +292,10 @@ func (s *session) listOnce(ctx context.Context, i int) (int64, error) {
 		n += len(resp.Kvs)
 		s.publish(i, len(resp.Kvs) > 0)
 		if !resp.More || len(resp.Kvs) == 0 {
-			break
+			return rev, n, nil
 		}
 		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
-	swept := s.sweep(i)
-	s.publish(i, swept > 0)
-	rc.logger.Debug("Listed prefix", logfields.Prefix, prefix, logfields.Revision, rev, logfields.Count, n, "swept", swept, logfields.Duration, time.Since(started))
-	return rev, nil
 }
 
 // sweep deletes the keys of kind i not seen in the current generation.
