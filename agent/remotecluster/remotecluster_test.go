@@ -15,11 +15,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/isthmus-mesh/isthmus/agent/internal/meshtest"
 	"github.com/isthmus-mesh/isthmus/agent/remotecluster"
