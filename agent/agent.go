@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"sync"
@@ -88,6 +89,9 @@ type Config struct {
 	// ClusterMeshNamespace is where the isthmus-clustermesh Secret is.
 	// Empty means meshconfig.Namespace.
 	ClusterMeshNamespace string
+	// Pprof serves the Go profiler under /debug/pprof/ on the metrics
+	// address, for diagnosing memory and CPU use.
+	Pprof bool
 	// ServiceNamespace limits the Services watched to one namespace.
 	// Empty means all (what a node agent does); tests that share an
 	// apiserver scope it.
@@ -256,7 +260,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		context.AfterFunc(ctx, srv.Stop)
 	}
 	if metricsLis != nil {
-		hs := &http.Server{Handler: promhttp.HandlerFor(a.cfg.Registry, promhttp.HandlerOpts{}), ReadHeaderTimeout: 10 * time.Second}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(a.cfg.Registry, promhttp.HandlerOpts{}))
+		if a.cfg.Pprof {
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		}
+		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		wg.Go(func() {
 			if err := hs.Serve(metricsLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				a.logger.Error("Metrics endpoint stopped", logfields.Error, err)

@@ -8,8 +8,11 @@ package agent_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -88,7 +91,8 @@ func BenchmarkAgentSync(b *testing.B) {
 	b.Logf("published %d keys in %s", nIPs+nIDs+nSvcs, time.Since(setup))
 
 	socket := b.TempDir() + "/agent.sock"
-	args := append(w.processArgs(socket, benchMaps(w)), "--log-level", "warn")
+	args := append(w.processArgs(socket, benchMaps(w)), "--log-level", "info", "--pprof")
+	bin := agenttest.BuildAgent(b)
 	for b.Loop() {
 		b.StopTimer()
 		// Each round starts from empty maps: the pins of the previous one
@@ -96,7 +100,7 @@ func BenchmarkAgentSync(b *testing.B) {
 		os.RemoveAll(w.pinRoot)
 		b.StartTimer()
 		start := time.Now()
-		p := agenttest.StartProcess(b, args...)
+		p := agenttest.StartBinary(b, bin, args...)
 		api := dialAgent(b, socket)
 		meshtest.Eventually(b, 10*time.Minute, func() error {
 			st, err := status(api)
@@ -118,6 +122,15 @@ func BenchmarkAgentSync(b *testing.B) {
 		})
 		elapsed := time.Since(start)
 		b.StopTimer()
+		if f := os.Getenv("AGENT_BENCH_HEAP"); f != "" {
+			addr := regexp.MustCompile(`msg="Serving metrics" address=(\S+)`).FindStringSubmatch(p.Log())
+			resp, err := http.Get("http://" + addr[1] + "/debug/pprof/heap")
+			if err == nil {
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				os.WriteFile(f, body, 0o644)
+			}
+		}
 		rss, err := p.PeakRSS()
 		if err != nil {
 			b.Fatal(err)
@@ -127,6 +140,9 @@ func BenchmarkAgentSync(b *testing.B) {
 			b.Fatal(err)
 		}
 		p.Kill()
+		if os.Getenv("AGENT_BENCH_LOG") != "" {
+			os.WriteFile(os.Getenv("AGENT_BENCH_LOG"), []byte(p.Log()), 0o644)
+		}
 		b.ReportMetric(elapsed.Seconds(), "s/sync")
 		b.ReportMetric(cpu, "cpu-s/sync")
 		b.ReportMetric(float64(rss)/(1<<20), "peak-RSS-MiB")
@@ -183,7 +199,7 @@ func BenchmarkPropagation(b *testing.B) {
 	socket := b.TempDir() + "/agent.sock"
 	args := append(w.processArgs(socket, benchMaps(w)), "--log-level", "warn")
 	start := time.Now()
-	agenttest.StartProcess(b, args...)
+	agenttest.StartBinary(b, agenttest.BuildAgent(b), args...)
 	api := dialAgent(b, socket)
 	meshtest.Eventually(b, 5*time.Minute, func() error {
 		st, err := status(api)

@@ -56,6 +56,7 @@ type options struct {
 	watchNamespace        string
 	logLevel              string
 	logJSON               bool
+	pprof                 bool
 	maps                  dpmaps.Config
 }
 
@@ -95,6 +96,7 @@ programs the pinned BPF maps the datapath reads.`,
 	_ = f.MarkHidden("watch-namespace")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&o.logJSON, "log-json", false, "log in JSON instead of text")
+	f.BoolVar(&o.pprof, "pprof", false, "serve the Go profiler under /debug/pprof/ on the metrics address")
 	f.Uint32Var(&o.maps.IPCacheMaxEntries, "ipcache-max-entries", dpmaps.DefaultIPCacheMaxEntries, "size of the ipcache map")
 	f.Uint32Var(&o.maps.FrontendMaxEntries, "lb-frontend-max-entries", dpmaps.DefaultFrontendMaxEntries, "size of the service frontend map")
 	f.Uint32Var(&o.maps.SlotMaxEntries, "lb-slot-max-entries", dpmaps.DefaultSlotMaxEntries, "size of the service backend-slot map")
@@ -150,6 +152,7 @@ func (o *options) run(ctx context.Context, logOut io.Writer) error {
 		Reader:               agentReaderConfig(o),
 		ClusterMeshNamespace: o.clustermeshNamespace,
 		ServiceNamespace:     o.watchNamespace,
+		Pprof:                o.pprof,
 	})
 	if err != nil {
 		return err

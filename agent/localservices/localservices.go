@@ -81,6 +81,9 @@ func New(logger *slog.Logger, cfg Config) (*Watcher, error) {
 	if err := w.slices.SetTransform(trimSlice); err != nil {
 		return nil, err
 	}
+	if err := w.services.SetTransform(trimService); err != nil {
+		return nil, err
+	}
 	if err := w.slices.AddIndexers(cache.Indexers{byService: sliceService}); err != nil {
 		return nil, err
 	}
@@ -293,6 +296,34 @@ func sliceService(obj any) ([]string, error) {
 		return nil, nil
 	}
 	return []string{es.Namespace + "/" + name}, nil
+}
+
+// meshAnnotations are the only annotations the agent reads.
+var meshAnnotations = []string{
+	meshconfig.ServiceGlobalAnnotation, meshconfig.ServiceSharedAnnotation, meshconfig.ServiceAffinityAnnotation,
+	meshconfig.CiliumServiceGlobalAnnotation, meshconfig.CiliumServiceSharedAnnotation, meshconfig.CiliumServiceAffinityAnnotation,
+}
+
+// trimService drops the parts of a Service the agent never reads (managed
+// fields, other annotations such as kubectl's last-applied copy).
+func trimService(obj any) (any, error) {
+	svc, ok := obj.(*corev1.Service)
+	if !ok {
+		return obj, nil
+	}
+	svc.ManagedFields = nil
+	var kept map[string]string
+	for _, k := range meshAnnotations {
+		if v, ok := svc.Annotations[k]; ok {
+			if kept == nil {
+				kept = make(map[string]string, 2)
+			}
+			kept[k] = v
+		}
+	}
+	svc.Annotations = kept
+	svc.Status = corev1.ServiceStatus{}
+	return svc, nil
 }
 
 // trimSlice drops the parts of an EndpointSlice the agent never reads.

@@ -90,18 +90,38 @@ func ipcacheValue(e state.IPCacheEntry) dpmaps.IPCacheValue {
 	}
 }
 
+// passChunk bounds the keys one write batch carries, so that the buffers
+// of a pass stay small however large the backlog (an initial sync).
+const passChunk = 8192
+
 func (r *IPCacheReconciler) pass(ctx context.Context) error {
-	keys, full := r.changes.Take()
-	if full && r.loop.pruneAllowed.Load() {
-		return r.fullPass(keys)
+	for ctx.Err() == nil {
+		keys, full := r.changes.Take(passChunk)
+		if full && r.loop.pruneAllowed.Load() {
+			rest, _ := r.changes.Take(0)
+			maps.Copy(keys, rest)
+			return r.fullPass(keys)
+		}
+		if len(keys) == 0 {
+			return nil
+		}
+		if err := r.apply(keys); err != nil {
+			return err
+		}
+		if len(keys) < passChunk {
+			return nil
+		}
 	}
-	if len(keys) == 0 {
-		return nil
-	}
+	return nil
+}
+
+// apply writes the desired entries of keys and deletes the ones no
+// cluster holds any more.
+func (r *IPCacheReconciler) apply(keys map[netip.Prefix]state.Stamp) error {
 	started := time.Now()
 	d := &dpmaps.Diff[dpmaps.IPCacheKey, dpmaps.IPCacheValue]{}
-	var wrote, deleted []netip.Prefix
 	var bad []error
+	r.mu.Lock()
 	r.cfg.State.ResolveIPCache(maps.Keys(keys), func(p netip.Prefix, e state.IPCacheEntry, ok bool) {
 		k, err := dpmaps.IPCacheKeyOf(p)
 		if err != nil {
@@ -111,24 +131,17 @@ func (r *IPCacheReconciler) pass(ctx context.Context) error {
 		if ok {
 			d.WriteKeys = append(d.WriteKeys, k)
 			d.WriteValues = append(d.WriteValues, ipcacheValue(e))
-			wrote = append(wrote, p)
+			r.present[p] = struct{}{}
 		} else {
 			d.DeleteKeys = append(d.DeleteKeys, k)
-			deleted = append(deleted, p)
+			delete(r.present, p)
 		}
 	})
+	n := len(r.present)
+	r.mu.Unlock()
 	_, werr := d.Write(r.cfg.Map.Map())
 	_, derr := d.Delete(r.cfg.Map.Map())
 	now := time.Now()
-	r.mu.Lock()
-	for _, p := range wrote {
-		r.present[p] = struct{}{}
-	}
-	for _, p := range deleted {
-		delete(r.present, p)
-	}
-	n := len(r.present)
-	r.mu.Unlock()
 	r.metrics.setEntries(n)
 	r.metrics.observePass(false, started)
 	if err := errors.Join(werr, derr); err != nil {
@@ -137,43 +150,69 @@ func (r *IPCacheReconciler) pass(ctx context.Context) error {
 		r.changes.Requeue(keys)
 		return fmt.Errorf("write %d and delete %d ipcache entries: %w", len(d.WriteKeys), len(d.DeleteKeys), err)
 	}
-	observePropagation(r.metrics.propagation, keys, now)
+	r.observe(keys, now)
 	if len(bad) > 0 {
 		r.logger.Warn("Skipped ipcache entries the map cannot hold", logfields.Error, errors.Join(bad...))
 	}
 	return nil
 }
 
-// fullPass makes the map hold exactly the merged state.
-func (r *IPCacheReconciler) fullPass(keys map[netip.Prefix]time.Time) error {
+func (r *IPCacheReconciler) observe(keys map[netip.Prefix]state.Stamp, now time.Time) {
+	for _, s := range keys {
+		r.metrics.propagation.Observe(r.changes.Age(s, now).Seconds())
+	}
+}
+
+// fullPass makes the map hold exactly the merged state: it reads the map
+// once and compares it with the state entry by entry, without building the
+// desired map in memory, then writes the differences and deletes the rest.
+func (r *IPCacheReconciler) fullPass(keys map[netip.Prefix]state.Stamp) error {
 	started := time.Now()
-	desired := make(map[dpmaps.IPCacheKey]dpmaps.IPCacheValue)
-	present := make(map[netip.Prefix]struct{})
+	cur, err := dpmaps.Dump[dpmaps.IPCacheKey, dpmaps.IPCacheValue](r.cfg.Map.Map())
+	if err != nil {
+		r.changes.Requeue(keys)
+		r.changes.RequestFull()
+		return fmt.Errorf("read ipcache: %w", err)
+	}
+	d := &dpmaps.Diff[dpmaps.IPCacheKey, dpmaps.IPCacheValue]{}
 	var bad []error
+	unchanged := 0
+	r.mu.Lock()
+	clear(r.present)
 	r.cfg.State.AllIPCache(func(p netip.Prefix, e state.IPCacheEntry) {
 		k, err := dpmaps.IPCacheKeyOf(p)
 		if err != nil {
 			bad = append(bad, err)
 			return
 		}
-		desired[k] = ipcacheValue(e)
-		present[p] = struct{}{}
+		r.present[p] = struct{}{}
+		v := ipcacheValue(e)
+		if old, ok := cur[k]; ok && old == v {
+			unchanged++
+		} else {
+			d.WriteKeys = append(d.WriteKeys, k)
+			d.WriteValues = append(d.WriteValues, v)
+		}
+		delete(cur, k)
 	})
-	st, err := dpmaps.Reconcile(r.cfg.Map.Map(), desired)
-	now := time.Now()
-	r.mu.Lock()
-	r.present = present
+	n := len(r.present)
 	r.mu.Unlock()
-	r.metrics.setEntries(len(present))
+	for k := range cur {
+		d.DeleteKeys = append(d.DeleteKeys, k)
+	}
+	_, werr := d.Write(r.cfg.Map.Map())
+	_, derr := d.Delete(r.cfg.Map.Map())
+	now := time.Now()
+	r.metrics.setEntries(n)
 	r.metrics.observePass(true, started)
-	r.logger.Info("Reconciled the whole ipcache", logfields.Count, len(desired), "added", st.Added, "updated", st.Updated, "deleted", st.Deleted, "unchanged", st.Unchanged, logfields.Duration, time.Since(started))
-	if err != nil {
+	r.logger.Info("Reconciled the whole ipcache", logfields.Count, n, "written", len(d.WriteKeys), "deleted", len(d.DeleteKeys), "unchanged", unchanged, logfields.Duration, time.Since(started))
+	if err := errors.Join(werr, derr); err != nil {
 		r.metrics.writeErrors.Inc()
 		r.changes.Requeue(keys)
 		r.changes.RequestFull()
 		return fmt.Errorf("reconcile ipcache: %w", err)
 	}
-	observePropagation(r.metrics.propagation, keys, now)
+	r.observe(keys, now)
 	if len(bad) > 0 {
 		r.logger.Warn("Skipped ipcache entries the map cannot hold", logfields.Error, errors.Join(bad...))
 	}

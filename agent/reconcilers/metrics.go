@@ -96,11 +96,3 @@ func (mm *mapMetrics) observePass(full bool, started time.Time) {
 	}
 	o.Observe(time.Since(started).Seconds())
 }
-
-// observePropagation records, for every key, the time from its first
-// change to now.
-func observePropagation[K comparable](o prometheus.Observer, keys map[K]time.Time, now time.Time) {
-	for _, t := range keys {
-		o.Observe(now.Sub(t).Seconds())
-	}
-}

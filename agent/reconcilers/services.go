@@ -121,7 +121,7 @@ func datapathServices(desired []state.DesiredService) []dpmaps.Service {
 }
 
 func (r *ServiceReconciler) pass(ctx context.Context) error {
-	keys, full := r.changes.Take()
+	keys, full := r.changes.Take(0)
 	if full && r.loop.pruneAllowed.Load() {
 		return r.fullPass(keys)
 	}
@@ -130,7 +130,7 @@ func (r *ServiceReconciler) pass(ctx context.Context) error {
 	}
 	started := time.Now()
 	var errs []error
-	failed := make(map[state.ServiceName]time.Time)
+	failed := make(map[state.ServiceName]state.Stamp)
 	for nn, t := range keys {
 		want := datapathServices(r.cfg.State.Service(nn))
 		if err := r.apply(nn, want); err != nil {
@@ -141,9 +141,9 @@ func (r *ServiceReconciler) pass(ctx context.Context) error {
 	now := time.Now()
 	r.updateMetrics()
 	r.metrics.frontends.observePass(false, started)
-	for nn, t := range keys {
+	for nn, s := range keys {
 		if _, bad := failed[nn]; !bad {
-			r.metrics.frontends.propagation.Observe(now.Sub(t).Seconds())
+			r.metrics.frontends.propagation.Observe(r.changes.Age(s, now).Seconds())
 		}
 	}
 	if len(errs) > 0 {
@@ -191,7 +191,7 @@ func (r *ServiceReconciler) apply(nn state.ServiceName, want []dpmaps.Service) e
 }
 
 // fullPass makes the service maps serve exactly the state's services.
-func (r *ServiceReconciler) fullPass(keys map[state.ServiceName]time.Time) error {
+func (r *ServiceReconciler) fullPass(keys map[state.ServiceName]state.Stamp) error {
 	started := time.Now()
 	written := make(map[state.ServiceName][]dpmaps.Service)
 	var all []dpmaps.Service
@@ -223,8 +223,8 @@ func (r *ServiceReconciler) fullPass(keys map[state.ServiceName]time.Time) error
 		r.changes.RequestFull()
 		return fmt.Errorf("reconcile service maps: %w", err)
 	}
-	for _, t := range keys {
-		r.metrics.frontends.propagation.Observe(now.Sub(t).Seconds())
+	for _, s := range keys {
+		r.metrics.frontends.propagation.Observe(r.changes.Age(s, now).Seconds())
 	}
 	return nil
 }

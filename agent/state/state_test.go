@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/isthmus-mesh/isthmus/internal/meshconfig"
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
@@ -35,7 +36,7 @@ func resolve(s *State, p string) (IPCacheEntry, bool) {
 }
 
 func takeKeys[K comparable](c *Changes[K]) []K {
-	keys, _ := c.Take()
+	keys, _ := c.Take(0)
 	return slices.Collect(maps.Keys(keys))
 }
 
@@ -71,7 +72,7 @@ func TestIPCacheMergeAndWithdraw(t *testing.T) {
 	if n := s.IPCacheSize(); n != 6 {
 		t.Errorf("merged size %d, want 6", n)
 	}
-	ch.Take()
+	ch.Take(0)
 
 	// Withdrawing b changes exactly b's prefixes; the shared one falls back.
 	s.RemoveCluster("b")
@@ -172,7 +173,7 @@ func TestServicesMerge(t *testing.T) {
 	if bs := backendSet(s.Service(nn)[0]); !slices.Equal(bs, []string{"10.1.0.9:8080@home", "10.2.0.1:8080@a"}) {
 		t.Errorf("backends with local shared=false: %v", bs)
 	}
-	ch.Take()
+	ch.Take(0)
 	s.RemoveCluster("a")
 	if keys := takeKeys(ch); !slices.Equal(keys, []ServiceName{nn}) {
 		t.Errorf("changed after removing a: %v", keys)
@@ -229,9 +230,9 @@ func TestSyncAndIdentityNotifications(t *testing.T) {
 
 func TestChangesCoalesce(t *testing.T) {
 	c := newChanges[int]()
-	now := newState(t).cfg.Now()
+	now := c.epoch.Add(time.Second)
 	c.add(1, now)
-	c.add(1, now.Add(1))
+	c.add(1, now.Add(time.Second))
 	c.add(2, now)
 	select {
 	case <-c.Notify():
@@ -243,12 +244,27 @@ func TestChangesCoalesce(t *testing.T) {
 		t.Fatal("wake-ups did not coalesce")
 	default:
 	}
-	keys, full := c.Take()
-	if len(keys) != 2 || full || !keys[1].Equal(now) {
+	keys, full := c.Take(0)
+	if len(keys) != 2 || full || c.Age(keys[1], now.Add(time.Second)) != time.Second {
 		t.Errorf("take: %v %v", keys, full)
 	}
 	c.RequestFull()
-	if _, full := c.Take(); !full {
+	if _, full := c.Take(0); !full {
 		t.Error("full resync lost")
+	}
+	// Bounded takes drain a backlog in batches; requeued keys keep their
+	// first stamp.
+	for i := range 10 {
+		c.add(i, now)
+	}
+	first, _ := c.Take(4)
+	if len(first) != 4 || c.Pending() != 6 {
+		t.Fatalf("took %d, %d left", len(first), c.Pending())
+	}
+	c.Requeue(first)
+	c.add(99, now.Add(time.Hour))
+	all, _ := c.Take(0)
+	if len(all) != 11 || c.Age(all[0], now) != 0 {
+		t.Errorf("after requeue: %d keys, age %v", len(all), c.Age(all[0], now))
 	}
 }

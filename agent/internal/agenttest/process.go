@@ -40,17 +40,42 @@ type Process struct {
 	err error
 }
 
-// StartProcess starts isthmus-agent with args. It is killed at cleanup if
-// still running; its log is printed when the test failed.
+// StartProcess starts isthmus-agent with args, by re-executing the test
+// binary. It is killed at cleanup if still running; its log is printed when
+// the test failed.
 func StartProcess(tb testing.TB, args ...string) *Process {
 	tb.Helper()
+	return startCommand(tb, os.Args[0], args, EnvReexec+"=1")
+}
+
+// BuildAgent builds cmd/isthmus-agent (through the Go build cache) and
+// returns the binary's path, for measurements that must not carry a test
+// binary's extra code, such as RSS.
+func BuildAgent(tb testing.TB) string {
+	tb.Helper()
+	path := filepath.Join(tb.TempDir(), "isthmus-agent")
+	out, err := exec.Command("go", "build", "-o", path, "github.com/isthmus-mesh/isthmus/cmd/isthmus-agent").CombinedOutput()
+	if err != nil {
+		tb.Fatalf("build isthmus-agent: %v\n%s", err, out)
+	}
+	return path
+}
+
+// StartBinary starts the isthmus-agent binary at path with args; see
+// StartProcess.
+func StartBinary(tb testing.TB, path string, args ...string) *Process {
+	tb.Helper()
+	return startCommand(tb, path, args)
+}
+
+func startCommand(tb testing.TB, path string, args []string, env ...string) *Process {
 	logPath := filepath.Join(tb.TempDir(), "agent.log")
 	log, err := os.Create(logPath)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), EnvReexec+"=1")
+	cmd := exec.Command(path, args...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		log.Close()
