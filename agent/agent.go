@@ -188,6 +188,9 @@ func New(logger *slog.Logger, cfg Config) (_ *Agent, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := cfg.Registry.Register(newStateCollector(a.state)); err != nil {
+		return nil, err
+	}
 	a.ids = remotecluster.NewClusterIDs(cfg.ClusterName, cfg.ClusterID)
 	reader := cfg.Reader
 	reader.MaxConnectedClusters = cfg.MaxConnectedClusters

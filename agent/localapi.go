@@ -11,6 +11,7 @@ import (
 
 	"github.com/isthmus-mesh/isthmus/agent/api/agentv1"
 	"github.com/isthmus-mesh/isthmus/agent/remotecluster"
+	"github.com/isthmus-mesh/isthmus/agent/state"
 	dpmaps "github.com/isthmus-mesh/isthmus/datapath/maps"
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
 )
@@ -39,7 +40,8 @@ func (s *apiServer) Status(context.Context, *agentv1.StatusRequest) (*agentv1.St
 		BpfRoot:              a.cfg.Maps.Root,
 	}
 	for _, c := range ms.Clusters {
-		resp.Clusters = append(resp.Clusters, clusterStatus(c))
+		sum, _ := a.state.Summary(c.Cluster)
+		resp.Clusters = append(resp.Clusters, clusterStatus(c, sum))
 	}
 	sc := a.svcRec.Counts()
 	for _, m := range []struct {
@@ -60,7 +62,7 @@ func (s *apiServer) Status(context.Context, *agentv1.StatusRequest) (*agentv1.St
 	return resp, nil
 }
 
-func clusterStatus(c remotecluster.Status) *agentv1.ClusterStatus {
+func clusterStatus(c remotecluster.Status, sum state.ClusterSummary) *agentv1.ClusterStatus {
 	out := &agentv1.ClusterStatus{
 		Name:        c.Cluster,
 		Endpoints:   c.Endpoints,
@@ -82,7 +84,7 @@ func clusterStatus(c remotecluster.Status) *agentv1.ClusterStatus {
 	}
 	for _, k := range protocol.Kinds {
 		ks := c.Kinds[k]
-		out.Kinds = append(out.Kinds, &agentv1.KindStatus{Kind: string(k), Synced: ks.Synced, Entries: uint64(ks.Entries), DecodeErrors: ks.DecodeErrors})
+		out.Kinds = append(out.Kinds, &agentv1.KindStatus{Kind: string(k), Synced: ks.Synced, Entries: uint64(sum.Entries(k)), DecodeErrors: ks.DecodeErrors})
 	}
 	return out
 }

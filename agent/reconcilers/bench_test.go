@@ -15,7 +15,6 @@ import (
 	"github.com/isthmus-mesh/isthmus/agent/remotecluster"
 	"github.com/isthmus-mesh/isthmus/agent/state"
 	dpmaps "github.com/isthmus-mesh/isthmus/datapath/maps"
-	"github.com/isthmus-mesh/isthmus/internal/protocol"
 )
 
 // BenchmarkReaderToIPCacheMap measures the in-process pipeline from a
@@ -76,8 +75,8 @@ func BenchmarkReaderToIPCacheMap(b *testing.B) {
 		cancel()
 		<-done
 		<-done
-		if n := rc.Status().Kinds[protocol.KindIdentities].Entries; n != nIDs {
-			b.Fatalf("identities %d", n)
+		if sum, _ := s.Summary("bench"); sum.Identities != nIDs {
+			b.Fatalf("identities %d", sum.Identities)
 		}
 		m.Unpin()
 		m.Close()

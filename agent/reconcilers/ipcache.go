@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
-	"sync"
 	"time"
 
 	dpmaps "github.com/isthmus-mesh/isthmus/datapath/maps"
@@ -36,11 +35,6 @@ type IPCacheReconciler struct {
 	changes *state.Changes[netip.Prefix]
 	metrics *mapMetrics
 	loop    loop
-
-	mu sync.Mutex // guards present
-	// present is the set of prefixes this process wrote and did not
-	// delete since, which the entries metric reports.
-	present map[netip.Prefix]struct{}
 }
 
 // NewIPCache returns an IPCacheReconciler subscribed to cfg.State.
@@ -54,7 +48,6 @@ func NewIPCache(logger *slog.Logger, cfg IPCacheConfig) (*IPCacheReconciler, err
 		cfg:     cfg,
 		changes: cfg.State.SubscribeIPCache(),
 		metrics: cfg.Metrics.forMap(dpmaps.NameIPCache, cfg.Map.Map().MaxEntries()),
-		present: make(map[netip.Prefix]struct{}),
 	}
 	r.loop = loop{logger: r.logger, cfg: cfg.LoopConfig, notify: r.changes.Notify(), requestFull: r.changes.RequestFull, pass: r.pass}
 	return r, nil
@@ -67,12 +60,10 @@ func (r *IPCacheReconciler) Run(ctx context.Context) { r.loop.run(ctx) }
 // hold, and runs one. Call it once the initial state is complete.
 func (r *IPCacheReconciler) AllowPrune() { r.loop.allowPrune() }
 
-// Entries returns how many entries this process has programmed.
-func (r *IPCacheReconciler) Entries() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.present)
-}
+// Entries returns how many entries the map holds once the reconciler has
+// caught up: the merged state's prefixes. (Stale entries a previous agent
+// left are not counted; they go with the first full pass.)
+func (r *IPCacheReconciler) Entries() int { return r.cfg.State.IPCacheSize() }
 
 func ipcacheValue(e state.IPCacheEntry) dpmaps.IPCacheValue {
 	var flags uint8
@@ -121,7 +112,6 @@ func (r *IPCacheReconciler) apply(keys map[netip.Prefix]state.Stamp) error {
 	started := time.Now()
 	d := &dpmaps.Diff[dpmaps.IPCacheKey, dpmaps.IPCacheValue]{}
 	var bad []error
-	r.mu.Lock()
 	r.cfg.State.ResolveIPCache(maps.Keys(keys), func(p netip.Prefix, e state.IPCacheEntry, ok bool) {
 		k, err := dpmaps.IPCacheKeyOf(p)
 		if err != nil {
@@ -131,18 +121,14 @@ func (r *IPCacheReconciler) apply(keys map[netip.Prefix]state.Stamp) error {
 		if ok {
 			d.WriteKeys = append(d.WriteKeys, k)
 			d.WriteValues = append(d.WriteValues, ipcacheValue(e))
-			r.present[p] = struct{}{}
 		} else {
 			d.DeleteKeys = append(d.DeleteKeys, k)
-			delete(r.present, p)
 		}
 	})
-	n := len(r.present)
-	r.mu.Unlock()
 	_, werr := d.Write(r.cfg.Map.Map())
 	_, derr := d.Delete(r.cfg.Map.Map())
 	now := time.Now()
-	r.metrics.setEntries(n)
+	r.metrics.setEntries(r.Entries())
 	r.metrics.observePass(false, started)
 	if err := errors.Join(werr, derr); err != nil {
 		// Which keys failed is unknown: put them all back for the retry.
@@ -176,16 +162,14 @@ func (r *IPCacheReconciler) fullPass(keys map[netip.Prefix]state.Stamp) error {
 	}
 	d := &dpmaps.Diff[dpmaps.IPCacheKey, dpmaps.IPCacheValue]{}
 	var bad []error
-	unchanged := 0
-	r.mu.Lock()
-	clear(r.present)
+	unchanged, n := 0, 0
 	r.cfg.State.AllIPCache(func(p netip.Prefix, e state.IPCacheEntry) {
 		k, err := dpmaps.IPCacheKeyOf(p)
 		if err != nil {
 			bad = append(bad, err)
 			return
 		}
-		r.present[p] = struct{}{}
+		n++
 		v := ipcacheValue(e)
 		if old, ok := cur[k]; ok && old == v {
 			unchanged++
@@ -195,8 +179,6 @@ func (r *IPCacheReconciler) fullPass(keys map[netip.Prefix]state.Stamp) error {
 		}
 		delete(cur, k)
 	})
-	n := len(r.present)
-	r.mu.Unlock()
 	for k := range cur {
 		d.DeleteKeys = append(d.DeleteKeys, k)
 	}

@@ -9,44 +9,71 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
 )
 
-// countingHandler keeps what was delivered, by kind, keyed like the keys.
+// countingHandler keeps what was delivered, by kind, keyed like the keys,
+// and sweeps by generation.
 type countingHandler struct {
-	held [numKinds]map[string]bool
+	gen  [numKinds]int
+	held [numKinds]map[string]int
 }
 
 func newCountingHandler() *countingHandler {
 	h := &countingHandler{}
 	for i := range h.held {
-		h.held[i] = map[string]bool{}
+		h.held[i] = map[string]int{}
 	}
 	return h
 }
 
-func (h *countingHandler) UpsertIdentity(i protocol.Identity) {
-	h.held[2][protocol.IdentityKey(i.ID)] = true
-}
+func (h *countingHandler) put(i int, k string) { h.held[i][k] = h.gen[i] }
+
+func (h *countingHandler) UpsertIdentity(i protocol.Identity) { h.put(2, protocol.IdentityKey(i.ID)) }
 func (h *countingHandler) DeleteIdentity(id protocol.NumericIdentity) {
 	delete(h.held[2], protocol.IdentityKey(id))
 }
-func (h *countingHandler) UpsertIPCache(e *protocol.IPCacheEntry) {
-	h.held[3][e.IP.String()] = true
-}
-func (h *countingHandler) DeleteIPCache(a netip.Addr) { delete(h.held[3], a.String()) }
-func (h *countingHandler) UpsertNode(n *protocol.Node) {
-	h.held[0][n.Name] = true
-}
-func (h *countingHandler) DeleteNode(name string) { delete(h.held[0], name) }
+func (h *countingHandler) UpsertIPCache(e *protocol.IPCacheEntry) { h.put(3, e.IP.String()) }
+func (h *countingHandler) DeleteIPCache(a netip.Addr)             { delete(h.held[3], a.String()) }
+func (h *countingHandler) UpsertNode(n *protocol.Node)            { h.put(0, n.Name) }
+func (h *countingHandler) DeleteNode(name string)                 { delete(h.held[0], name) }
 func (h *countingHandler) UpsertService(s *protocol.ClusterService) {
-	h.held[1][s.NamespacedName()] = true
+	h.put(1, s.NamespacedName())
 }
 func (h *countingHandler) DeleteService(ns, name string) { delete(h.held[1], ns+"/"+name) }
-func (h *countingHandler) Synced(protocol.Kind)          {}
+func (h *countingHandler) Resync(k protocol.Kind)        { h.gen[kindIdx(k)]++ }
+func (h *countingHandler) Sweep(k protocol.Kind) int {
+	i, n := kindIdx(k), 0
+	for key, g := range h.held[i] {
+		if g != h.gen[i] {
+			delete(h.held[i], key)
+			n++
+		}
+	}
+	return n
+}
+func (h *countingHandler) Synced(protocol.Kind) {}
+
+func (h *countingHandler) total() int {
+	n := 0
+	for _, m := range h.held {
+		n += len(m)
+	}
+	return n
+}
+
+func kindIdx(k protocol.Kind) int {
+	for i, kk := range protocol.Kinds {
+		if kk == k {
+			return i
+		}
+	}
+	return -1
+}
 
 // FuzzSessionValues drives arbitrary keys and values of every kind through
-// the reader's decode, track and withdraw path (the part of a connection
-// that handles remote data, without the network): it must never panic, the
-// Handler must hold exactly one value per tracked key, and withdrawing must
-// leave it empty.
+// the reader's decode and delivery path (the part of a connection that
+// handles remote data, without the network): it must never panic; one key
+// yields at most one entry however often it is put; a key whose value
+// turns bad is withdrawn; and the delete a key's deletion delivers removes
+// exactly what its put delivered.
 func FuzzSessionValues(f *testing.F) {
 	c := &protocol.Node{Name: "n1", Cluster: "c1", ClusterID: 3}
 	svc := &protocol.ClusterService{Cluster: "c1", Namespace: "ns", Name: "s", ClusterID: 3}
@@ -73,21 +100,25 @@ func FuzzSessionValues(f *testing.F) {
 			s.prefixes[i] = protocol.WatchPrefix("c1", k)
 		}
 		i := int(kind) % numKinds
-		key := []byte(s.prefixes[i] + rest)
-		s.put(i, key, value)
-		s.put(i, key, value) // a repeated put is an update, not a second entry
-		for j := range numKinds {
-			if len(rc.known[j].keys) != len(h.held[j]) {
-				t.Fatalf("kind %s: %d keys tracked, handler holds %d", protocol.Kinds[j], len(rc.known[j].keys), len(h.held[j]))
-			}
+		key := s.prefixes[i] + rest
+		s.put(i, []byte(key), value)
+		s.put(i, []byte(key), value) // an update, not a second entry
+		if n := h.total(); n > 1 || len(h.held[i]) != n {
+			t.Fatalf("one key gave %d entries (%d of its kind)", n, len(h.held[i]))
 		}
+		s.put(i, []byte(key), []byte("\x00not a value"))
+		if n := h.total(); n != 0 {
+			t.Fatalf("a key whose value turned bad still holds %d entries", n)
+		}
+		s.put(i, []byte(key), value)
 		if del {
-			s.remove(i, key)
+			s.deliverDelete(i, key)
 		} else {
-			s.withdraw(i)
+			h.Resync(protocol.Kinds[i])
+			h.Sweep(protocol.Kinds[i])
 		}
-		if len(rc.known[i].keys) != 0 || len(h.held[i]) != 0 {
-			t.Fatalf("after removal: %d tracked, %d held", len(rc.known[i].keys), len(h.held[i]))
+		if n := h.total(); n != 0 {
+			t.Fatalf("after removal %d entries are held", n)
 		}
 	})
 }

@@ -10,7 +10,6 @@ import (
 // Create them once with NewMetrics and share them; safe for concurrent use.
 type Metrics struct {
 	state          *prometheus.GaugeVec
-	entries        *prometheus.GaugeVec
 	decodeErrors   *prometheus.CounterVec
 	connections    *prometheus.CounterVec
 	heartbeatDelay *prometheus.GaugeVec
@@ -24,10 +23,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "isthmus_agent_remote_cluster_state",
 			Help: "1 for the state each cluster's reader is in (connecting, refused, syncing, ready, disconnected, stopped), 0 for the others.",
 		}, []string{"cluster", "state"}),
-		entries: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "isthmus_agent_remote_cluster_entries",
-			Help: "Valid entries held per cluster and kind (nodes, services, identities, ipcache).",
-		}, []string{"cluster", "kind"}),
 		decodeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "isthmus_agent_remote_decode_errors_total",
 			Help: "Remote values skipped because they could not be decoded or failed validation, per cluster and kind.",
@@ -42,7 +37,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"cluster"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.state, m.entries, m.decodeErrors, m.connections, m.heartbeatDelay)
+		reg.MustRegister(m.state, m.decodeErrors, m.connections, m.heartbeatDelay)
 	}
 	return m
 }
@@ -54,7 +49,6 @@ func (m *Metrics) Forget(cluster string) {
 	}
 	l := prometheus.Labels{"cluster": cluster}
 	m.state.DeletePartialMatch(l)
-	m.entries.DeletePartialMatch(l)
 	m.decodeErrors.DeletePartialMatch(l)
 	m.connections.DeletePartialMatch(l)
 	m.heartbeatDelay.DeletePartialMatch(l)
@@ -63,7 +57,6 @@ func (m *Metrics) Forget(cluster string) {
 // clusterMetrics are one cluster's series, resolved once.
 type clusterMetrics struct {
 	state          [len(stateNames)]prometheus.Gauge
-	entries        [numKinds]prometheus.Gauge
 	decodeErrors   [numKinds]prometheus.Counter
 	connections    prometheus.Counter
 	heartbeatDelay prometheus.Gauge
@@ -81,7 +74,6 @@ func (m *Metrics) forCluster(cluster string) *clusterMetrics {
 		cm.state[s] = m.state.WithLabelValues(cluster, s.String())
 	}
 	for i, k := range protocol.Kinds {
-		cm.entries[i] = m.entries.WithLabelValues(cluster, string(k))
 		cm.decodeErrors[i] = m.decodeErrors.WithLabelValues(cluster, string(k))
 	}
 	return cm

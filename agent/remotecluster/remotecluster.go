@@ -88,10 +88,6 @@ type RemoteCluster struct {
 	// entryChanged wakes Run when UpdateEntry changed the entry.
 	entryChanged chan struct{}
 
-	// known holds the keys delivered to the Handler, per kind. Owned by
-	// the Run goroutine.
-	known [numKinds]knownKeys
-
 	mu     sync.Mutex // guards the fields below
 	entry  meshconfig.ClusterEntry
 	status Status // Kinds is left nil; see kinds
@@ -119,9 +115,6 @@ func New(logger *slog.Logger, cfg Config) (*RemoteCluster, error) {
 		entry:        cfg.Entry,
 	}
 	rc.status = Status{Cluster: rc.name, Endpoints: slices.Clone(cfg.Entry.Endpoints), State: StateConnecting}
-	for i := range rc.known {
-		rc.known[i].keys = make(map[string]uint32)
-	}
 	rc.metrics.setState(StateConnecting)
 	return rc, nil
 }
@@ -278,11 +271,4 @@ func (rc *RemoteCluster) recordError(err error) {
 	rc.status.LastError = err.Error()
 	rc.status.LastErrorTime = time.Now()
 	rc.mu.Unlock()
-}
-
-// knownKeys is the set of a kind's keys delivered to the Handler, with the
-// listing generation in which each was last seen, for the sweep.
-type knownKeys struct {
-	gen  uint32
-	keys map[string]uint32 // key after the kind's watch prefix -> generation
 }

@@ -29,7 +29,8 @@ import (
 const waitTimeout = 60 * time.Second
 
 // recorder is a Handler that keeps what it was given, encoded, so a test
-// can compare it with what the remote holds.
+// can compare it with what the remote holds; it sweeps by generation like
+// the agent's state does.
 type recorder struct {
 	mu         sync.Mutex
 	identities map[protocol.NumericIdentity]string
@@ -37,23 +38,33 @@ type recorder struct {
 	nodes      map[string]string
 	services   map[string]string
 	synced     map[protocol.Kind]int
+	gen        map[protocol.Kind]int
+	// seen maps each held entry to the generation it was last written in.
+	seen map[protocol.Kind]map[any]int
 	// block, when set, is called on every upsert (outside mu).
 	block func()
 }
 
 func newRecorder() *recorder {
-	return &recorder{
+	r := &recorder{
 		identities: map[protocol.NumericIdentity]string{},
 		ipcache:    map[netip.Addr]string{},
 		nodes:      map[string]string{},
 		services:   map[string]string{},
 		synced:     map[protocol.Kind]int{},
+		gen:        map[protocol.Kind]int{},
+		seen:       map[protocol.Kind]map[any]int{},
 	}
+	for _, k := range protocol.Kinds {
+		r.seen[k] = map[any]int{}
+	}
+	return r
 }
 
-func (r *recorder) upsert(f func()) {
+func (r *recorder) upsert(kind protocol.Kind, key any, f func()) {
 	r.mu.Lock()
 	f()
+	r.seen[kind][key] = r.gen[kind]
 	b := r.block
 	r.mu.Unlock()
 	if b != nil {
@@ -61,25 +72,64 @@ func (r *recorder) upsert(f func()) {
 	}
 }
 
+func (r *recorder) remove(kind protocol.Kind, key any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.removeLocked(kind, key)
+}
+
+func (r *recorder) removeLocked(kind protocol.Kind, key any) {
+	delete(r.seen[kind], key)
+	switch k := key.(type) {
+	case protocol.NumericIdentity:
+		delete(r.identities, k)
+	case netip.Addr:
+		delete(r.ipcache, k)
+	case string:
+		if kind == protocol.KindNodes {
+			delete(r.nodes, k)
+		} else {
+			delete(r.services, k)
+		}
+	}
+}
+
 func (r *recorder) UpsertIdentity(i protocol.Identity) {
-	r.upsert(func() { r.identities[i.ID] = string(i.Encode()) })
+	r.upsert(protocol.KindIdentities, i.ID, func() { r.identities[i.ID] = string(i.Encode()) })
 }
 func (r *recorder) DeleteIdentity(id protocol.NumericIdentity) {
-	r.upsert(func() { delete(r.identities, id) })
+	r.remove(protocol.KindIdentities, id)
 }
 func (r *recorder) UpsertIPCache(e *protocol.IPCacheEntry) {
-	r.upsert(func() { r.ipcache[e.IP] = string(e.Encode()) })
+	r.upsert(protocol.KindIPCache, e.IP, func() { r.ipcache[e.IP] = string(e.Encode()) })
 }
-func (r *recorder) DeleteIPCache(a netip.Addr) { r.upsert(func() { delete(r.ipcache, a) }) }
+func (r *recorder) DeleteIPCache(a netip.Addr) { r.remove(protocol.KindIPCache, a) }
 func (r *recorder) UpsertNode(n *protocol.Node) {
-	r.upsert(func() { r.nodes[n.Name] = string(n.Encode()) })
+	r.upsert(protocol.KindNodes, n.Name, func() { r.nodes[n.Name] = string(n.Encode()) })
 }
-func (r *recorder) DeleteNode(name string) { r.upsert(func() { delete(r.nodes, name) }) }
+func (r *recorder) DeleteNode(name string) { r.remove(protocol.KindNodes, name) }
 func (r *recorder) UpsertService(s *protocol.ClusterService) {
-	r.upsert(func() { r.services[s.NamespacedName()] = string(s.Encode()) })
+	r.upsert(protocol.KindServices, s.NamespacedName(), func() { r.services[s.NamespacedName()] = string(s.Encode()) })
 }
 func (r *recorder) DeleteService(ns, name string) {
-	r.upsert(func() { delete(r.services, ns+"/"+name) })
+	r.remove(protocol.KindServices, ns+"/"+name)
+}
+func (r *recorder) Resync(k protocol.Kind) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.gen[k]++
+}
+func (r *recorder) Sweep(k protocol.Kind) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for key, g := range r.seen[k] {
+		if g != r.gen[k] {
+			r.removeLocked(k, key)
+			n++
+		}
+	}
+	return n
 }
 func (r *recorder) Synced(k protocol.Kind) {
 	r.mu.Lock()
@@ -217,7 +267,7 @@ func TestListsWatchesAndFollowsChanges(t *testing.T) {
 	if err := f.matches(r.rec); err != nil {
 		t.Fatalf("after sync: %v", err)
 	}
-	if st.ClusterID != 1 || st.Kinds[protocol.KindIPCache].Entries != 250 || st.Kinds[protocol.KindNodes].Entries != 4 || !st.Kinds[protocol.KindServices].Synced {
+	if st.ClusterID != 1 || r.rec.counts() != [4]int{4, 3, 250, 250} || !st.Kinds[protocol.KindServices].Synced {
 		t.Errorf("status after sync: %+v", st)
 	}
 	if h, _ := ids.Holder(1); h != "cluster1" {

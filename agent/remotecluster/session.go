@@ -117,8 +117,11 @@ func (s *session) checkClusterConfig(ctx context.Context) error {
 func (s *session) refuse(announcedID uint32, err error) error {
 	rc := s.rc
 	rc.cfg.ClusterIDs.Release(rc.name)
-	for i := range protocol.Kinds {
-		s.withdraw(i)
+	for _, k := range protocol.Kinds {
+		rc.cfg.Handler.Resync(k)
+		if rc.cfg.Handler.Sweep(k) > 0 {
+			s.publish(true)
+		}
 	}
 	rc.mu.Lock()
 	rc.status.ClusterID = announcedID
@@ -197,10 +200,9 @@ func (s *session) list(ctx context.Context, i int) (int64, error) {
 
 func (s *session) listOnce(ctx context.Context, i int) (int64, error) {
 	rc := s.rc
-	known := &rc.known[i]
-	// Keys delivered by an earlier attempt carry an older generation and
-	// are swept unless this attempt sees them again.
-	known.gen++
+	// Entries delivered before, by an earlier connection or an earlier
+	// attempt, are swept unless this attempt delivers them again.
+	rc.cfg.Handler.Resync(protocol.Kinds[i])
 	started := time.Now()
 	var rev int64
 	var n int
@@ -219,8 +221,8 @@ func (s *session) listOnce(ctx context.Context, i int) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("list %s: %w", s.prefixes[i], err)
 	}
-	swept := s.sweep(i)
-	s.publish(i, swept > 0)
+	swept := rc.cfg.Handler.Sweep(protocol.Kinds[i])
+	s.publish(swept > 0)
 	rc.logger.Debug("Listed prefix", logfields.Prefix, s.prefixes[i], logfields.Revision, rev, logfields.Count, n, "swept", swept, logfields.Duration, time.Since(started))
 	return rev, nil
 }
@@ -252,7 +254,7 @@ func (s *session) listStream(ctx context.Context, i int) (int64, int, error) {
 			s.put(i, kv.Key, kv.Value)
 		}
 		n += len(r.Kvs)
-		s.publish(i, len(r.Kvs) > 0)
+		s.publish(len(r.Kvs) > 0)
 		if r.Header != nil {
 			rev = r.Header.Revision
 		}
@@ -290,7 +292,7 @@ func (s *session) listPaged(ctx context.Context, i int) (int64, int, error) {
 			s.put(i, kv.Key, kv.Value)
 		}
 		n += len(resp.Kvs)
-		s.publish(i, len(resp.Kvs) > 0)
+		s.publish(len(resp.Kvs) > 0)
 		if !resp.More || len(resp.Kvs) == 0 {
 			return rev, n, nil
 		}
@@ -298,106 +300,58 @@ func (s *session) listPaged(ctx context.Context, i int) (int64, int, error) {
 	}
 }
 
-// sweep deletes the keys of kind i not seen in the current generation.
-func (s *session) sweep(i int) int {
-	known := &s.rc.known[i]
-	n := 0
-	for k, gen := range known.keys {
-		if gen != known.gen {
-			delete(known.keys, k)
-			s.deliverDelete(i, s.prefixes[i]+k)
-			n++
-		}
-	}
-	return n
-}
-
-// withdraw deletes every key of kind i.
-func (s *session) withdraw(i int) {
-	known := &s.rc.known[i]
-	n := len(known.keys)
-	for k := range known.keys {
-		delete(known.keys, k)
-		s.deliverDelete(i, s.prefixes[i]+k)
-	}
-	s.publish(i, n > 0)
-}
-
 // put decodes one value and delivers it. A value that cannot be decoded or
-// fails validation is skipped, logged and counted; if its key held a valid
-// value before, that value is withdrawn, since the cluster no longer
-// publishes it.
+// fails validation is skipped, logged and counted; an earlier valid value
+// of its key is withdrawn, since the cluster no longer publishes it.
 func (s *session) put(i int, key, value []byte) {
 	rc := s.rc
-	known := &rc.known[i]
 	full := string(key)
-	suffix := full[len(s.prefixes[i]):]
-	track, err := s.deliverPut(i, full, value)
-	if err != nil {
+	if err := s.deliverPut(i, full, value); err != nil {
 		rc.mu.Lock()
 		rc.kinds[i].DecodeErrors++
 		rc.mu.Unlock()
 		rc.metrics.decodeErrors[i].Inc()
 		rc.logger.Warn("Skipping invalid value", logfields.Kind, protocol.Kinds[i], logfields.Key, full, logfields.Error, err)
-		if _, ok := known.keys[suffix]; ok {
-			delete(known.keys, suffix)
-			s.deliverDelete(i, full)
-		}
-		return
-	}
-	if track {
-		// Clone the suffix so the map does not keep the whole key alive.
-		known.keys[string(key[len(s.prefixes[i]):])] = known.gen
+		s.deliverDelete(i, full)
 	}
 }
 
-// remove delivers the deletion of key, if it was delivered before.
-func (s *session) remove(i int, key []byte) {
-	known := &s.rc.known[i]
-	suffix := string(key[len(s.prefixes[i]):])
-	if _, ok := known.keys[suffix]; !ok {
-		return
-	}
-	delete(known.keys, suffix)
-	s.deliverDelete(i, string(key))
-}
-
-// deliverPut decodes a value of kind i and hands it to the Handler. track
-// is false for keys the protocol says to ignore.
-func (s *session) deliverPut(i int, key string, value []byte) (track bool, err error) {
+// deliverPut decodes a value of kind i and hands it to the Handler. Keys
+// the protocol says to ignore are neither delivered nor an error.
+func (s *session) deliverPut(i int, key string, value []byte) error {
 	rc := s.rc
 	h := rc.cfg.Handler
 	switch protocol.Kinds[i] {
 	case protocol.KindIdentities:
 		id, ok, err := protocol.DecodeIdentity(rc.name, s.config.ID, rc.cfg.MaxConnectedClusters, key, value)
 		if !ok || err != nil {
-			return false, err
+			return err
 		}
 		h.UpsertIdentity(id)
 	case protocol.KindIPCache:
 		e, err := protocol.DecodeIPCacheEntry(s.config.ID, rc.cfg.MaxConnectedClusters, key, value)
 		if err != nil {
-			return false, err
+			return err
 		}
 		h.UpsertIPCache(e)
 	case protocol.KindNodes:
 		n, err := protocol.DecodeNode(rc.name, s.config.ID, key, value)
 		if err != nil {
-			return false, err
+			return err
 		}
 		h.UpsertNode(n)
 	case protocol.KindServices:
 		svc, err := protocol.DecodeClusterService(rc.name, s.config.ID, key, value)
 		if err != nil {
-			return false, err
+			return err
 		}
 		h.UpsertService(svc)
 	}
-	return true, nil
+	return nil
 }
 
-// deliverDelete hands the deletion of a key delivered before to the
-// Handler. The key parsed when it was delivered, so it parses again.
+// deliverDelete hands the deletion of a key to the Handler. A key that
+// does not parse was never delivered, so there is nothing to delete.
 func (s *session) deliverDelete(i int, key string) {
 	h := s.rc.cfg.Handler
 	switch protocol.Kinds[i] {
@@ -420,17 +374,15 @@ func (s *session) deliverDelete(i int, key string) {
 	}
 }
 
-// publish updates the status and metrics of kind i after a batch.
-func (s *session) publish(i int, changed bool) {
-	rc := s.rc
-	n := len(rc.known[i].keys)
-	rc.mu.Lock()
-	rc.kinds[i].Entries = n
-	if changed {
-		rc.status.LastChange = time.Now()
+// publish records that entries changed.
+func (s *session) publish(changed bool) {
+	if !changed {
+		return
 	}
+	rc := s.rc
+	rc.mu.Lock()
+	rc.status.LastChange = time.Now()
 	rc.mu.Unlock()
-	rc.metrics.entries[i].Set(float64(n))
 }
 
 func (s *session) markSynced(i int) {
@@ -563,11 +515,11 @@ func (s *session) onKindResponse(ctx context.Context, chans *[numKinds]clientv3.
 		case mvccpb.PUT:
 			s.put(i, ev.Kv.Key, ev.Kv.Value)
 		case mvccpb.DELETE:
-			s.remove(i, ev.Kv.Key)
+			s.deliverDelete(i, string(ev.Kv.Key))
 		}
 	}
 	s.seenRev[i] = max(s.seenRev[i], r.Header.Revision)
-	s.publish(i, len(r.Events) > 0)
+	s.publish(len(r.Events) > 0)
 	s.checkPending(i)
 	return nil
 }

@@ -45,8 +45,6 @@ type KindStatus struct {
 	// Synced is true once the initial state of the kind is complete in
 	// the current connection.
 	Synced bool
-	// Entries is the number of valid entries held.
-	Entries int
 	// DecodeErrors counts values skipped because they could not be
 	// decoded or failed validation, over the reader's lifetime.
 	DecodeErrors uint64

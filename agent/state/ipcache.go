@@ -27,12 +27,11 @@ type IPCacheEntry struct {
 func (s *State) ResolveIPCache(prefixes iter.Seq[netip.Prefix], fn func(p netip.Prefix, e IPCacheEntry, ok bool)) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	own := s.ownNodeIPsLocked()
-	prefixes(func(p netip.Prefix) bool {
-		e, ok := s.resolveLocked(p, own)
+	own := s.ownHostsLocked()
+	for p := range prefixes {
+		e, ok := s.resolveLocked(keyOf(p.Masked()), own)
 		fn(p, e, ok)
-		return true
-	})
+	}
 }
 
 // AllIPCache calls fn with every merged entry, under one read lock. fn
@@ -40,80 +39,90 @@ func (s *State) ResolveIPCache(prefixes iter.Seq[netip.Prefix], fn func(p netip.
 func (s *State) AllIPCache(fn func(p netip.Prefix, e IPCacheEntry)) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	own := s.ownNodeIPsLocked()
+	own := s.ownHostsLocked()
 	// A prefix is reported by the first cluster (in preference order) that
 	// holds it, found by looking back rather than by a set of every prefix.
-	heldBefore := func(i int, p netip.Prefix, nodes bool) bool {
+	heldBefore := func(i int, k ipKey, nodes bool) bool {
 		for _, cs := range s.order[:i] {
-			if _, ok := cs.ipcache[p]; ok && !nodes {
+			if _, ok := cs.ipcache[k]; ok && !nodes {
 				return true
 			}
-			if _, ok := cs.nodeIPs[p]; ok && nodes {
+			if _, ok := cs.nodeIPs[k]; ok && nodes {
 				return true
 			}
 		}
 		return false
 	}
 	for i, cs := range s.order {
-		for p := range cs.ipcache {
-			if heldBefore(i, p, false) {
+		for k := range cs.ipcache {
+			if heldBefore(i, k, false) {
 				continue
 			}
-			if e, ok := s.resolveLocked(p, own); ok {
-				fn(p, e)
+			if e, ok := s.resolveLocked(k, own); ok {
+				fn(k.prefix(), e)
 			}
 		}
 	}
 	for i, cs := range s.order {
-		for p := range cs.nodeIPs {
-			if heldBefore(len(s.order), p, false) || heldBefore(i, p, true) {
+		for k := range cs.nodeIPs {
+			if heldBefore(len(s.order), k, false) || heldBefore(i, k, true) {
 				continue
 			}
-			if e, ok := s.resolveLocked(p, own); ok {
-				fn(p, e)
+			if e, ok := s.resolveLocked(k, own); ok {
+				fn(k.prefix(), e)
 			}
 		}
 	}
 }
 
-// IPCacheSize returns the number of merged ipcache entries.
+// IPCacheSize returns the number of merged ipcache entries: the prefixes
+// some cluster holds.
 func (s *State) IPCacheSize() int {
-	n := 0
-	s.AllIPCache(func(netip.Prefix, IPCacheEntry) { n++ })
-	return n
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.ipcacheSize
 }
 
-// ownNodeIPsLocked returns this node's addresses from the local cluster's
-// export.
-func (s *State) ownNodeIPsLocked() map[netip.Prefix]struct{} {
+// ownHostsLocked returns the host-table indices, in the local cluster, of
+// this node's addresses.
+func (s *State) ownHostsLocked() map[uint32]bool {
 	cs := s.clusters[s.cfg.LocalCluster]
 	if cs == nil || s.cfg.NodeName == "" {
 		return nil
 	}
-	return nodePrefixes(cs.nodes[s.cfg.NodeName])
+	n := cs.nodes[s.cfg.NodeName].node
+	if n == nil {
+		return nil
+	}
+	own := map[uint32]bool{}
+	for _, a := range n.IPAddresses {
+		if id, ok := cs.hosts.index[a.IP.Unmap()]; ok {
+			own[id] = true
+		}
+	}
+	return own
 }
 
-// resolveLocked picks the entry of p: pod entries before node addresses,
+// resolveLocked picks the entry of k: pod entries before node addresses,
 // and within each the local cluster first, then clusters by name.
-func (s *State) resolveLocked(p netip.Prefix, own map[netip.Prefix]struct{}) (IPCacheEntry, bool) {
+func (s *State) resolveLocked(k ipKey, own map[uint32]bool) (IPCacheEntry, bool) {
 	for _, cs := range s.order {
-		if e, ok := cs.ipcache[p]; ok {
-			_, onNode := own[hostPrefix(e.hostIP)]
+		if e, ok := cs.ipcache[k]; ok {
 			return IPCacheEntry{
 				Identity:       e.id,
-				TunnelEndpoint: e.hostIP,
+				TunnelEndpoint: cs.hosts.addr(e.host),
 				Cluster:        cs.name,
 				ClusterID:      e.id.ClusterID(s.cfg.MaxConnectedClusters),
-				LocalNode:      cs.local && onNode,
+				LocalNode:      cs.local && own[e.host],
 			}, true
 		}
 	}
 	for _, cs := range s.order {
-		name, ok := cs.nodeIPs[p]
+		name, ok := cs.nodeIPs[k]
 		if !ok {
 			continue
 		}
-		n := cs.nodes[name]
+		n := cs.nodes[name].node
 		self := cs.local && name == s.cfg.NodeName
 		id := protocol.IdentityRemoteNode
 		if self {
@@ -121,7 +130,7 @@ func (s *State) resolveLocked(p netip.Prefix, own map[netip.Prefix]struct{}) (IP
 		}
 		return IPCacheEntry{
 			Identity:       id,
-			TunnelEndpoint: p.Addr(),
+			TunnelEndpoint: k.prefix().Addr(),
 			Cluster:        cs.name,
 			ClusterID:      n.ClusterID,
 			Node:           true,
@@ -137,8 +146,8 @@ func (s *State) Identities(fn func(cluster string, id protocol.NumericIdentity, 
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	for _, cs := range s.order {
-		for id, ls := range cs.identities {
-			fn(cs.name, id, ls)
+		for id, e := range cs.identities {
+			fn(cs.name, id, e.labels)
 		}
 	}
 }
@@ -148,8 +157,8 @@ func (s *State) Identity(id protocol.NumericIdentity) (protocol.Labels, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	for _, cs := range s.order {
-		if ls, ok := cs.identities[id]; ok {
-			return ls, true
+		if e, ok := cs.identities[id]; ok {
+			return e.labels, true
 		}
 	}
 	return nil, false
@@ -161,8 +170,8 @@ func (s *State) Nodes(fn func(n *protocol.Node)) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	for _, cs := range s.order {
-		for _, n := range cs.nodes {
-			fn(n)
+		for _, e := range cs.nodes {
+			fn(e.node)
 		}
 	}
 }

@@ -131,7 +131,7 @@ func (s *State) Service(nn ServiceName) []DesiredService {
 		if cs.local && !ls.Shared {
 			continue // not exported; its endpoints come from the slices below
 		}
-		exp := cs.services[nn]
+		exp := cs.services[nn].svc
 		if exp == nil || !exp.Shared {
 			continue
 		}
@@ -170,7 +170,7 @@ func (s *State) ServiceExports(nn ServiceName) map[string]*protocol.ClusterServi
 	defer s.mu.RUnlock()
 	out := make(map[string]*protocol.ClusterService)
 	for _, cs := range s.order {
-		if exp := cs.services[nn]; exp != nil {
+		if exp := cs.services[nn].svc; exp != nil {
 			out[cs.name] = exp
 		}
 	}

@@ -42,6 +42,8 @@ type State struct {
 	identitySubs   []*Changes[protocol.NumericIdentity]
 	nodeSubs       []*Changes[NodeName]
 	syncSubs       []chan struct{}
+	// ipcacheSize is the number of prefixes some cluster holds.
+	ipcacheSize int
 }
 
 // New returns an empty State.
@@ -73,42 +75,157 @@ type NodeName struct{ Cluster, Name string }
 
 func (n NodeName) String() string { return n.Cluster + "/" + n.Name }
 
-// clusterState is one cluster's export.
+// clusterState is one cluster's export. Every entry carries the listing
+// generation of its kind in which it was last written, for the sweep after
+// a (re)list.
 type clusterState struct {
 	name  string
 	local bool
 
-	identities map[protocol.NumericIdentity]protocol.Labels
-	ipcache    map[netip.Prefix]podEntry
-	// maskedKeys maps the key address of an ipcache entry whose prefix is
-	// not the address's host prefix to that prefix; rare, so kept apart.
-	maskedKeys map[netip.Addr]netip.Prefix
-	nodes      map[string]*protocol.Node
-	nodeIPs    map[netip.Prefix]string // node address as host prefix -> node name
-	services   map[ServiceName]*protocol.ClusterService
+	identities map[protocol.NumericIdentity]identityEntry
+	ipcache    map[ipKey]podEntry
+	// maskedKeys maps the host key of an ipcache entry's key address to
+	// its prefix, for the rare entries whose mask makes them differ.
+	maskedKeys map[ipKey]ipKey
+	hosts      hostTable
+	nodes      map[string]nodeEntry
+	nodeIPs    map[ipKey]string // node address (host prefix) -> node name
+	services   map[ServiceName]serviceEntry
 
+	gen        [numKinds]uint32 // current listing generation per kind
 	synced     map[protocol.Kind]bool
 	everSynced bool
 	lastChange time.Time
 }
 
+type identityEntry struct {
+	labels protocol.Labels
+	gen    uint32
+}
+
+// podEntry is 12 bytes without pointers: with 250k entries, a map of them
+// is small and the garbage collector never scans it.
 type podEntry struct {
-	id     protocol.NumericIdentity
-	hostIP netip.Addr
+	id   protocol.NumericIdentity
+	host uint32 // index in the cluster's hostTable
+	gen  uint32
+}
+
+type nodeEntry struct {
+	node *protocol.Node
+	gen  uint32
+}
+
+type serviceEntry struct {
+	svc *protocol.ClusterService
+	gen uint32
+}
+
+// numKinds is len(protocol.Kinds).
+const numKinds = 4
+
+func kindIndex(k protocol.Kind) int {
+	for i, kk := range protocol.Kinds {
+		if kk == k {
+			return i
+		}
+	}
+	return -1
+}
+
+var (
+	kindNodes      = kindIndex(protocol.KindNodes)
+	kindServices   = kindIndex(protocol.KindServices)
+	kindIdentities = kindIndex(protocol.KindIdentities)
+	kindIPCache    = kindIndex(protocol.KindIPCache)
+)
+
+// ipKey is an IP prefix without pointers (a netip.Prefix holds one), so
+// that the large maps keyed by it are not scanned by the garbage
+// collector.
+type ipKey struct {
+	addr [16]byte // IPv4 in IPv4-mapped form
+	bits uint8
+	v4   bool
+}
+
+// keyOf returns the key of p, which must be masked and unmapped.
+func keyOf(p netip.Prefix) ipKey {
+	a := p.Addr()
+	return ipKey{addr: a.As16(), bits: uint8(p.Bits()), v4: a.Is4()}
+}
+
+func (k ipKey) prefix() netip.Prefix {
+	a := netip.AddrFrom16(k.addr)
+	if k.v4 {
+		a = a.Unmap()
+	}
+	return netip.PrefixFrom(a, int(k.bits))
+}
+
+func hostKey(a netip.Addr) ipKey {
+	a = a.Unmap()
+	return keyOf(netip.PrefixFrom(a, a.BitLen()))
+}
+
+// hostTable interns node addresses: pods refer to their host by a 4-byte
+// index. Index 0 is the invalid address. Entries are never removed; there
+// are as many as nodes ever seen.
+type hostTable struct {
+	addrs []netip.Addr
+	index map[netip.Addr]uint32
+}
+
+func (h *hostTable) id(a netip.Addr) uint32 {
+	if !a.IsValid() {
+		return 0
+	}
+	if id, ok := h.index[a]; ok {
+		return id
+	}
+	if h.index == nil {
+		h.index = make(map[netip.Addr]uint32)
+		h.addrs = []netip.Addr{{}}
+	}
+	id := uint32(len(h.addrs))
+	h.addrs = append(h.addrs, a)
+	h.index[a] = id
+	return id
+}
+
+func (h *hostTable) addr(id uint32) netip.Addr {
+	if int(id) >= len(h.addrs) {
+		return netip.Addr{}
+	}
+	return h.addrs[id]
 }
 
 func newClusterState(name string, local bool) *clusterState {
 	return &clusterState{
 		name:       name,
 		local:      local,
-		identities: make(map[protocol.NumericIdentity]protocol.Labels),
-		ipcache:    make(map[netip.Prefix]podEntry),
-		maskedKeys: make(map[netip.Addr]netip.Prefix),
-		nodes:      make(map[string]*protocol.Node),
-		nodeIPs:    make(map[netip.Prefix]string),
-		services:   make(map[ServiceName]*protocol.ClusterService),
+		identities: make(map[protocol.NumericIdentity]identityEntry),
+		ipcache:    make(map[ipKey]podEntry),
+		maskedKeys: make(map[ipKey]ipKey),
+		nodes:      make(map[string]nodeEntry),
+		nodeIPs:    make(map[ipKey]string),
+		services:   make(map[ServiceName]serviceEntry),
 		synced:     make(map[protocol.Kind]bool),
 	}
+}
+
+// heldLocked reports whether any cluster holds k, as a pod or a node
+// address.
+func (s *State) heldLocked(k ipKey) bool {
+	for _, cs := range s.order {
+		if _, ok := cs.ipcache[k]; ok {
+			return true
+		}
+		if _, ok := cs.nodeIPs[k]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 // Cluster returns the writer of cluster name's state, creating the cluster
@@ -151,11 +268,17 @@ func (s *State) RemoveCluster(name string) {
 	now := s.cfg.Now()
 	delete(s.clusters, name)
 	s.order = slices.DeleteFunc(s.order, func(c *clusterState) bool { return c == cs })
-	for p := range cs.ipcache {
-		s.ipcacheChangedLocked(p, now)
+	for k := range cs.ipcache {
+		if !s.heldLocked(k) {
+			s.ipcacheSize--
+		}
+		s.ipcacheChangedLocked(k, now)
 	}
-	for p := range cs.nodeIPs {
-		s.ipcacheChangedLocked(p, now)
+	for k := range cs.nodeIPs {
+		if _, pod := cs.ipcache[k]; !pod && !s.heldLocked(k) {
+			s.ipcacheSize--
+		}
+		s.ipcacheChangedLocked(k, now)
 	}
 	for id := range cs.identities {
 		for _, c := range s.identitySubs {
@@ -194,6 +317,21 @@ type ClusterSummary struct {
 	// EverSynced is true once every kind was synced at least once.
 	EverSynced bool
 	LastChange time.Time
+}
+
+// Entries returns the count of kind.
+func (c ClusterSummary) Entries(kind protocol.Kind) int {
+	switch kind {
+	case protocol.KindIdentities:
+		return c.Identities
+	case protocol.KindIPCache:
+		return c.IPCache
+	case protocol.KindNodes:
+		return c.Nodes
+	case protocol.KindServices:
+		return c.Services
+	}
+	return 0
 }
 
 // Summary returns the counts of cluster name.
@@ -273,7 +411,11 @@ func (s *State) SubscribeNodes() *Changes[NodeName] {
 	return c
 }
 
-func (s *State) ipcacheChangedLocked(p netip.Prefix, now time.Time) {
+func (s *State) ipcacheChangedLocked(k ipKey, now time.Time) {
+	if len(s.ipcacheSubs) == 0 {
+		return
+	}
+	p := k.prefix()
 	for _, c := range s.ipcacheSubs {
 		c.add(p, now)
 	}

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
@@ -267,4 +268,89 @@ func TestChangesCoalesce(t *testing.T) {
 	if len(all) != 11 || c.Age(all[0], now) != 0 {
 		t.Errorf("after requeue: %d keys, age %v", len(all), c.Age(all[0], now))
 	}
+}
+
+func TestResyncSweepsWhatWasNotSeenAgain(t *testing.T) {
+	s := newState(t)
+	ch := s.SubscribeIPCache()
+	w := s.Cluster("a")
+	for _, ip := range []string{"10.2.0.1", "10.2.0.2", "10.2.0.3"} {
+		w.UpsertIPCache(ipEntry(ip, 2, 300, "172.18.2.1"))
+	}
+	w.UpsertIdentity(protocol.Identity{ID: protocol.ComposeIdentity(2, 300, 255), Labels: protocol.K8sLabels(map[string]string{"a": "b"})})
+	w.UpsertNode(node("a", 2, "an", "172.18.2.1"))
+	ch.Take(0)
+	// A relist sees two pods again, one of them changed, and nothing else.
+	for _, k := range protocol.Kinds {
+		w.Resync(k)
+	}
+	w.UpsertIPCache(ipEntry("10.2.0.1", 2, 300, "172.18.2.1"))
+	w.UpsertIPCache(ipEntry("10.2.0.2", 2, 301, "172.18.2.1"))
+	if n := ch.Pending(); n != 1 {
+		t.Errorf("%d changes from a relist with one changed value, want 1", n)
+	}
+	if n := w.Sweep(protocol.KindIPCache); n != 1 {
+		t.Errorf("swept %d ipcache entries, want 1", n)
+	}
+	if n := w.Sweep(protocol.KindIdentities) + w.Sweep(protocol.KindNodes) + w.Sweep(protocol.KindServices); n != 2 {
+		t.Errorf("swept %d other entries, want 2", n)
+	}
+	if _, ok := resolve(s, "10.2.0.3/32"); ok {
+		t.Error("entry not seen again survived the sweep")
+	}
+	if n := s.IPCacheSize(); n != 2 {
+		t.Errorf("size %d, want 2", n)
+	}
+}
+
+// FuzzIPCacheSize runs random operations on three clusters and checks the
+// merged count kept incrementally against a full recount, and that every
+// prefix resolves as the full walk says.
+func FuzzIPCacheSize(f *testing.F) {
+	f.Add([]byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15})
+	f.Add([]byte{1, 17, 33, 49, 2, 18, 7, 23, 6, 22, 5, 21})
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		s := newState(t)
+		clusters := []string{"home", "a", "b"}
+		ids := map[string]uint32{"home": 1, "a": 2, "b": 3}
+		for i := 0; i+1 < len(ops); i += 2 {
+			c := clusters[int(ops[i]>>4)%3]
+			w := s.Cluster(c)
+			ip := fmt.Sprintf("10.0.0.%d", ops[i+1]%8)
+			host := fmt.Sprintf("10.0.0.%d", ops[i+1]%4+4)
+			switch ops[i] % 8 {
+			case 0, 1:
+				w.UpsertIPCache(ipEntry(ip, ids[c], 300+uint32(ops[i+1]%3), host))
+			case 2:
+				w.DeleteIPCache(netip.MustParseAddr(ip))
+			case 3:
+				w.UpsertNode(node(c, ids[c], fmt.Sprintf("n%d", ops[i+1]%3), host))
+			case 4:
+				w.DeleteNode(fmt.Sprintf("n%d", ops[i+1]%3))
+			case 5:
+				w.Resync(protocol.KindIPCache)
+			case 6:
+				w.Sweep(protocol.KindIPCache)
+				w.Resync(protocol.KindNodes)
+				w.Sweep(protocol.KindNodes)
+			case 7:
+				s.RemoveCluster(c)
+			}
+			all := map[netip.Prefix]IPCacheEntry{}
+			s.AllIPCache(func(p netip.Prefix, e IPCacheEntry) {
+				if _, dup := all[p]; dup {
+					t.Fatalf("AllIPCache reported %s twice", p)
+				}
+				all[p] = e
+			})
+			if n := s.IPCacheSize(); n != len(all) {
+				t.Fatalf("after op %d: size %d, full walk %d", i/2, n, len(all))
+			}
+			for p, e := range all {
+				if got, ok := resolve(s, p.String()); !ok || got != e {
+					t.Fatalf("%s resolves to %+v, walk says %+v", p, got, e)
+				}
+			}
+		}
+	})
 }

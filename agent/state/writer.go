@@ -29,26 +29,84 @@ func (w *ClusterWriter) write(f func(cs *clusterState)) {
 	f(cs)
 }
 
+// Resync starts a new listing of kind: entries not written again before
+// the next Sweep of kind are deleted by it.
+func (w *ClusterWriter) Resync(kind protocol.Kind) {
+	i := kindIndex(kind)
+	w.write(func(cs *clusterState) { cs.gen[i]++ })
+}
+
+// Sweep deletes the entries of kind not written since the last Resync of
+// kind and returns how many it deleted.
+func (w *ClusterWriter) Sweep(kind protocol.Kind) int {
+	i := kindIndex(kind)
+	n := 0
+	w.write(func(cs *clusterState) {
+		gen := cs.gen[i]
+		switch i {
+		case kindIdentities:
+			for id, e := range cs.identities {
+				if e.gen != gen {
+					w.deleteIdentity(cs, id)
+					n++
+				}
+			}
+		case kindIPCache:
+			for k, e := range cs.ipcache {
+				if e.gen != gen {
+					w.deleteIPCache(cs, k)
+					n++
+				}
+			}
+			for hk, k := range cs.maskedKeys {
+				if _, ok := cs.ipcache[k]; !ok {
+					delete(cs.maskedKeys, hk)
+				}
+			}
+		case kindNodes:
+			for name, e := range cs.nodes {
+				if e.gen != gen {
+					delete(cs.nodes, name)
+					w.nodeChanged(cs, e.node, nil)
+					n++
+				}
+			}
+		case kindServices:
+			for nn, e := range cs.services {
+				if e.gen != gen {
+					w.deleteService(cs, nn)
+					n++
+				}
+			}
+		}
+	})
+	return n
+}
+
 // UpsertIdentity adds or replaces an identity.
 func (w *ClusterWriter) UpsertIdentity(id protocol.Identity) {
 	w.write(func(cs *clusterState) {
-		if old, ok := cs.identities[id.ID]; ok && old.Equal(id.Labels) {
+		gen := cs.gen[kindIdentities]
+		if old, ok := cs.identities[id.ID]; ok && old.labels.Equal(id.Labels) {
+			cs.identities[id.ID] = identityEntry{old.labels, gen}
 			return
 		}
-		cs.identities[id.ID] = id.Labels
+		cs.identities[id.ID] = identityEntry{id.Labels, gen}
 		w.identityChanged(cs, id.ID)
 	})
 }
 
 // DeleteIdentity removes an identity.
 func (w *ClusterWriter) DeleteIdentity(id protocol.NumericIdentity) {
-	w.write(func(cs *clusterState) {
-		if _, ok := cs.identities[id]; !ok {
-			return
-		}
-		delete(cs.identities, id)
-		w.identityChanged(cs, id)
-	})
+	w.write(func(cs *clusterState) { w.deleteIdentity(cs, id) })
+}
+
+func (w *ClusterWriter) deleteIdentity(cs *clusterState, id protocol.NumericIdentity) {
+	if _, ok := cs.identities[id]; !ok {
+		return
+	}
+	delete(cs.identities, id)
+	w.identityChanged(cs, id)
 }
 
 func (w *ClusterWriter) identityChanged(cs *clusterState, id protocol.NumericIdentity) {
@@ -63,56 +121,72 @@ func (w *ClusterWriter) identityChanged(cs *clusterState, id protocol.NumericIde
 func (w *ClusterWriter) UpsertIPCache(e *protocol.IPCacheEntry) {
 	w.write(func(cs *clusterState) {
 		s := w.s
-		now := s.cfg.Now()
-		p := e.Prefix()
+		k := keyOf(e.Prefix())
+		hk := hostKey(e.IP)
 		// The same key may have carried another mask before.
-		old, masked := cs.maskedKeys[e.IP]
+		old, masked := cs.maskedKeys[hk]
 		if !masked {
-			old = hostPrefix(e.IP)
+			old = hk
 		}
-		if _, held := cs.ipcache[old]; held && old != p {
-			delete(cs.ipcache, old)
-			s.ipcacheChangedLocked(old, now)
+		if _, held := cs.ipcache[old]; held && old != k {
+			w.deleteIPCache(cs, old)
 		}
-		if p.Bits() != e.IP.BitLen() {
-			cs.maskedKeys[e.IP] = p
-		} else {
-			delete(cs.maskedKeys, e.IP)
+		if k != hk {
+			cs.maskedKeys[hk] = k
+		} else if masked {
+			delete(cs.maskedKeys, hk)
 		}
-		v := podEntry{id: e.ID, hostIP: e.HostIP}
-		if old, ok := cs.ipcache[p]; ok && old == v {
+		v := podEntry{id: e.ID, host: cs.hosts.id(e.HostIP), gen: cs.gen[kindIPCache]}
+		prev, had := cs.ipcache[k]
+		if had && prev == v {
 			return
 		}
-		cs.ipcache[p] = v
+		if !had && !s.heldLocked(k) {
+			s.ipcacheSize++
+		}
+		cs.ipcache[k] = v
+		if had && prev.id == v.id && prev.host == v.host {
+			return // only the generation moved
+		}
+		now := s.cfg.Now()
 		cs.lastChange = now
-		s.ipcacheChangedLocked(p, now)
+		s.ipcacheChangedLocked(k, now)
 	})
 }
 
 // DeleteIPCache removes the entry of key address a.
 func (w *ClusterWriter) DeleteIPCache(a netip.Addr) {
 	w.write(func(cs *clusterState) {
-		p, masked := cs.maskedKeys[a]
+		hk := hostKey(a)
+		k, masked := cs.maskedKeys[hk]
 		if masked {
-			delete(cs.maskedKeys, a)
+			delete(cs.maskedKeys, hk)
 		} else {
-			p = netip.PrefixFrom(a, a.BitLen())
+			k = hk
 		}
-		if _, ok := cs.ipcache[p]; !ok {
-			return
-		}
-		delete(cs.ipcache, p)
-		now := w.s.cfg.Now()
-		cs.lastChange = now
-		w.s.ipcacheChangedLocked(p, now)
+		w.deleteIPCache(cs, k)
 	})
+}
+
+func (w *ClusterWriter) deleteIPCache(cs *clusterState, k ipKey) {
+	if _, ok := cs.ipcache[k]; !ok {
+		return
+	}
+	s := w.s
+	delete(cs.ipcache, k)
+	if !s.heldLocked(k) {
+		s.ipcacheSize--
+	}
+	now := s.cfg.Now()
+	cs.lastChange = now
+	s.ipcacheChangedLocked(k, now)
 }
 
 // UpsertNode adds or replaces a node.
 func (w *ClusterWriter) UpsertNode(n *protocol.Node) {
 	w.write(func(cs *clusterState) {
-		old := cs.nodes[n.Name]
-		cs.nodes[n.Name] = n
+		old := cs.nodes[n.Name].node
+		cs.nodes[n.Name] = nodeEntry{n, cs.gen[kindNodes]}
 		w.nodeChanged(cs, old, n)
 	})
 }
@@ -125,7 +199,7 @@ func (w *ClusterWriter) DeleteNode(name string) {
 			return
 		}
 		delete(cs.nodes, name)
-		w.nodeChanged(cs, old, nil)
+		w.nodeChanged(cs, old.node, nil)
 	})
 }
 
@@ -140,55 +214,61 @@ func (w *ClusterWriter) nodeChanged(cs *clusterState, old, cur *protocol.Node) {
 	for _, c := range s.nodeSubs {
 		c.add(NodeName{cs.name, name.Name}, now)
 	}
-	oldIPs, newIPs := nodePrefixes(old), nodePrefixes(cur)
-	for p := range oldIPs {
-		if _, keep := newIPs[p]; !keep && cs.nodeIPs[p] == name.Name {
-			delete(cs.nodeIPs, p)
-			s.ipcacheChangedLocked(p, now)
+	oldIPs, newIPs := nodeKeys(old), nodeKeys(cur)
+	for k := range oldIPs {
+		if _, keep := newIPs[k]; !keep && cs.nodeIPs[k] == name.Name {
+			delete(cs.nodeIPs, k)
+			if !s.heldLocked(k) {
+				s.ipcacheSize--
+			}
+			s.ipcacheChangedLocked(k, now)
 		}
 	}
-	for p := range newIPs {
-		if _, had := oldIPs[p]; !had || cs.nodeIPs[p] != name.Name {
-			cs.nodeIPs[p] = name.Name
-			s.ipcacheChangedLocked(p, now)
+	for k := range newIPs {
+		if owner, had := cs.nodeIPs[k]; !had || owner != name.Name {
+			if !had && !s.heldLocked(k) {
+				s.ipcacheSize++
+			}
+			cs.nodeIPs[k] = name.Name
+			s.ipcacheChangedLocked(k, now)
 		}
 	}
 	// This node's addresses decide which local pods are on this node.
 	if cs.local && name.Name == s.cfg.NodeName && !maps.Equal(oldIPs, newIPs) {
-		for p, e := range cs.ipcache {
-			if _, a := oldIPs[hostPrefix(e.hostIP)]; a {
-				s.ipcacheChangedLocked(p, now)
-			} else if _, b := newIPs[hostPrefix(e.hostIP)]; b {
-				s.ipcacheChangedLocked(p, now)
+		changed := map[uint32]bool{}
+		for k := range oldIPs {
+			changed[cs.hosts.id(k.prefix().Addr())] = true
+		}
+		for k := range newIPs {
+			changed[cs.hosts.id(k.prefix().Addr())] = true
+		}
+		for k, e := range cs.ipcache {
+			if changed[e.host] {
+				s.ipcacheChangedLocked(k, now)
 			}
 		}
 	}
 }
 
-// nodePrefixes returns a node's addresses as host prefixes.
-func nodePrefixes(n *protocol.Node) map[netip.Prefix]struct{} {
-	out := map[netip.Prefix]struct{}{}
+// nodeKeys returns a node's addresses as host keys.
+func nodeKeys(n *protocol.Node) map[ipKey]struct{} {
+	out := map[ipKey]struct{}{}
 	if n == nil {
 		return out
 	}
 	for _, a := range n.IPAddresses {
 		if a.IP.IsValid() {
-			out[hostPrefix(a.IP)] = struct{}{}
+			out[hostKey(a.IP)] = struct{}{}
 		}
 	}
 	return out
-}
-
-func hostPrefix(a netip.Addr) netip.Prefix {
-	a = a.Unmap()
-	return netip.PrefixFrom(a, a.BitLen())
 }
 
 // UpsertService adds or replaces the cluster's export of a global service.
 func (w *ClusterWriter) UpsertService(svc *protocol.ClusterService) {
 	w.write(func(cs *clusterState) {
 		nn := ServiceName{svc.Namespace, svc.Name}
-		cs.services[nn] = svc
+		cs.services[nn] = serviceEntry{svc, cs.gen[kindServices]}
 		now := w.s.cfg.Now()
 		cs.lastChange = now
 		w.s.serviceChangedLocked(nn, now)
@@ -197,16 +277,17 @@ func (w *ClusterWriter) UpsertService(svc *protocol.ClusterService) {
 
 // DeleteService removes the cluster's export of a global service.
 func (w *ClusterWriter) DeleteService(namespace, name string) {
-	w.write(func(cs *clusterState) {
-		nn := ServiceName{namespace, name}
-		if _, ok := cs.services[nn]; !ok {
-			return
-		}
-		delete(cs.services, nn)
-		now := w.s.cfg.Now()
-		cs.lastChange = now
-		w.s.serviceChangedLocked(nn, now)
-	})
+	w.write(func(cs *clusterState) { w.deleteService(cs, ServiceName{namespace, name}) })
+}
+
+func (w *ClusterWriter) deleteService(cs *clusterState, nn ServiceName) {
+	if _, ok := cs.services[nn]; !ok {
+		return
+	}
+	delete(cs.services, nn)
+	now := w.s.cfg.Now()
+	cs.lastChange = now
+	w.s.serviceChangedLocked(nn, now)
 }
 
 // Synced records that kind's initial state is complete.
