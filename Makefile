@@ -47,12 +47,24 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 generate: ## regenerate BPF objects and CRDs
 	$(GO) generate ./...
 
+# CRD_GEN must match the go:generate line in apis/v1alpha1/generate.go.
+CRD_GEN = $(GO) tool controller-gen crd paths=./apis/...
+
+.PHONY: verify-crds
+verify-crds: ## check the committed CRDs and deepcopy code match apis/ (fix: make generate)
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(CRD_GEN) output:crd:dir="$$tmp/crds" && \
+	$(GO) tool controller-gen object paths=./apis/... output:object:dir="$$tmp/object" && \
+	{ diff -ru charts/isthmus/crds "$$tmp/crds" && \
+	  diff -u apis/v1alpha1/zz_generated.deepcopy.go "$$tmp/object/zz_generated.deepcopy.go"; } \
+	  || { echo "generated API code is stale: run make generate and commit the result"; exit 1; }
+
 .PHONY: verify-generated
 verify-generated: ## check committed BPF objects match their C sources (skips without clang-14)
 	GO=$(GO) datapath/bpf/verify-generated.sh
 
 .PHONY: verify
-verify: ## formatting, vet, go.mod tidiness
+verify: verify-generated verify-crds ## formatting, vet, go.mod tidiness, generated BPF objects and API code up to date
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed (make fmt):"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum not tidy (make tidy)"; $(GO) mod tidy -diff; exit 1; }
