@@ -1,8 +1,3 @@
-//go:build isthmus_testenv
-
-// Built only once internal/testenv is on main (see the branch log): until
-// then `go vet ./...` must pass without it.
-
 package agent_test
 
 import (
