@@ -227,8 +227,9 @@ func TestAgentProgramsMapsFromEveryCluster(t *testing.T) {
 		t.Errorf("status -o json: %v\n%s", err, out.String())
 	}
 
-	// bpftool reads the pinned maps, by field name.
-	bpftoolHas(t, filepath.Join(w.pinRoot, dpmaps.NameIPCache), len(want), e.IP, e.ID)
+	// bpftool reads the pinned maps, by field name (every entry here is a
+	// host entry, so all live in the iphosts hash).
+	bpftoolHas(t, filepath.Join(w.pinRoot, dpmaps.NameIPHosts), len(want), e.IP, e.ID)
 
 	// Removing west from the Secret withdraws exactly west's entries.
 	meshconfig.DeleteEntry(w.secret, "west")
@@ -264,7 +265,7 @@ func TestAgentProgramsMapsFromEveryCluster(t *testing.T) {
 
 func ptr[T any](v T) *T { return &v }
 
-// bpftoolHas checks `bpftool map dump pinned` reads the ipcache with its
+// bpftoolHas checks `bpftool map dump pinned` reads an ipcache map with its
 // BTF field names, sees n entries, and shows ip with identity id.
 func bpftoolHas(t *testing.T, pin string, n int, ip netip.Addr, id protocol.NumericIdentity) {
 	t.Helper()

@@ -107,15 +107,35 @@ func BenchmarkAgentSync(b *testing.B) {
 			}
 			for _, m := range st.Maps {
 				switch {
-				case m.Name == dpmaps.NameIPCache && m.Entries < nIPs:
-					return fmt.Errorf("ipcache %d", m.Entries)
+				case m.Name == dpmaps.NameIPHosts && m.Entries < nIPs:
+					return fmt.Errorf("iphosts %d", m.Entries)
 				case m.Name == dpmaps.NameFrontends && m.Entries < nSvcs:
 					return fmt.Errorf("frontends %d", m.Entries)
 				}
 			}
 			return nil
 		})
+		// The agent's counts are the state's; the maps must hold it all.
+		m := openMaps(b, benchMaps(w))
+		meshtest.Eventually(b, 10*time.Minute, func() error {
+			hosts, err := dpmaps.Dump[dpmaps.IPCacheKey, dpmaps.IPCacheValue](m.IPCache.HostsMap())
+			if err != nil {
+				return err
+			}
+			if len(hosts) < nIPs {
+				return fmt.Errorf("iphosts %d", len(hosts))
+			}
+			fes, err := dpmaps.Dump[dpmaps.FrontendKey, dpmaps.FrontendValue](m.Map(dpmaps.NameFrontends))
+			if err != nil {
+				return err
+			}
+			if len(fes) < nSvcs {
+				return fmt.Errorf("frontends %d", len(fes))
+			}
+			return nil
+		})
 		elapsed := time.Since(start)
+		m.Close()
 		b.StopTimer()
 		if f := os.Getenv("AGENT_BENCH_HEAP"); f != "" {
 			addr := regexp.MustCompile(`msg="Serving metrics" address=(\S+)`).FindStringSubmatch(p.Log())

@@ -44,11 +44,13 @@ func (s *apiServer) Status(context.Context, *agentv1.StatusRequest) (*agentv1.St
 		resp.Clusters = append(resp.Clusters, clusterStatus(c, sum))
 	}
 	sc := a.svcRec.Counts()
+	total, hosts := a.ipcache.Entries()
 	for _, m := range []struct {
 		name    string
 		entries int
 	}{
-		{dpmaps.NameIPCache, a.ipcache.Entries()},
+		{dpmaps.NameIPHosts, hosts},
+		{dpmaps.NameIPCache, total - hosts},
 		{dpmaps.NameFrontends, sc.Frontends},
 		{dpmaps.NameSlots, sc.Slots},
 		{dpmaps.NameBackends, sc.Backends},

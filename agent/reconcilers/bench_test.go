@@ -68,8 +68,19 @@ func BenchmarkReaderToIPCacheMap(b *testing.B) {
 		done := make(chan struct{}, 2)
 		go func() { r.Run(ctx); done <- struct{}{} }()
 		go func() { rc.Run(ctx); done <- struct{}{} }()
-		for rc.Status().State != remotecluster.StateReady || r.Entries() < nIPs {
+		for rc.Status().State != remotecluster.StateReady || first(r.Entries()) < nIPs {
 			time.Sleep(5 * time.Millisecond) // polling a benchmark's progress, not synchronising
+		}
+		// The state holds everything; wait for the map to.
+		for {
+			hosts, err := dpmaps.Dump[dpmaps.IPCacheKey, dpmaps.IPCacheValue](m.IPCache.HostsMap())
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(hosts) >= nIPs {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 		b.ReportMetric(time.Since(start).Seconds(), "s/sync")
 		cancel()

@@ -26,15 +26,20 @@ type IPCacheConfig struct {
 	Metrics *Metrics
 }
 
-// IPCacheReconciler keeps the ipcache map equal to the state's merged
-// ipcache. Run does the work; the other methods are safe for concurrent
-// use.
+// IPCacheReconciler keeps the ipcache (the isthmus_iphosts hash of host
+// entries and the isthmus_ipcache trie of wider prefixes) equal to the
+// state's merged ipcache. Run does the work; the other methods are safe
+// for concurrent use.
 type IPCacheReconciler struct {
 	logger  *slog.Logger
 	cfg     IPCacheConfig
 	changes *state.Changes[netip.Prefix]
-	metrics *mapMetrics
-	loop    loop
+	// hosts and trie are the two maps' series; passes, propagation and
+	// write errors are reported under the trie's name, isthmus_ipcache,
+	// for the ipcache as a whole.
+	hosts *mapMetrics
+	trie  *mapMetrics
+	loop  loop
 }
 
 // NewIPCache returns an IPCacheReconciler subscribed to cfg.State.
@@ -47,7 +52,8 @@ func NewIPCache(logger *slog.Logger, cfg IPCacheConfig) (*IPCacheReconciler, err
 		logger:  logger.With(logfields.Map, dpmaps.NameIPCache),
 		cfg:     cfg,
 		changes: cfg.State.SubscribeIPCache(),
-		metrics: cfg.Metrics.forMap(dpmaps.NameIPCache, cfg.Map.Map().MaxEntries()),
+		hosts:   cfg.Metrics.forMap(dpmaps.NameIPHosts, cfg.Map.HostsMap().MaxEntries()),
+		trie:    cfg.Metrics.forMap(dpmaps.NameIPCache, cfg.Map.Map().MaxEntries()),
 	}
 	r.loop = loop{logger: r.logger, cfg: cfg.LoopConfig, notify: r.changes.Notify(), requestFull: r.changes.RequestFull, pass: r.pass}
 	return r, nil
@@ -60,10 +66,17 @@ func (r *IPCacheReconciler) Run(ctx context.Context) { r.loop.run(ctx) }
 // hold, and runs one. Call it once the initial state is complete.
 func (r *IPCacheReconciler) AllowPrune() { r.loop.allowPrune() }
 
-// Entries returns how many entries the map holds once the reconciler has
-// caught up: the merged state's prefixes. (Stale entries a previous agent
-// left are not counted; they go with the first full pass.)
-func (r *IPCacheReconciler) Entries() int { return r.cfg.State.IPCacheSize() }
+// Entries returns how many entries the two maps hold once the reconciler
+// has caught up (the merged state's prefixes), and how many of them are
+// host entries. Stale entries a previous agent left are not counted; they
+// go with the first full pass.
+func (r *IPCacheReconciler) Entries() (total, hosts int) { return r.cfg.State.IPCacheSize() }
+
+func (r *IPCacheReconciler) setEntries() {
+	total, hosts := r.Entries()
+	r.hosts.setEntries(hosts)
+	r.trie.setEntries(total - hosts)
+}
 
 func ipcacheValue(e state.IPCacheEntry) dpmaps.IPCacheValue {
 	var flags uint8
@@ -106,35 +119,78 @@ func (r *IPCacheReconciler) pass(ctx context.Context) error {
 	return nil
 }
 
+// ipcacheDiff is what to change in the two maps of the ipcache.
+type ipcacheDiff struct {
+	hosts, trie dpmaps.Diff[dpmaps.IPCacheKey, dpmaps.IPCacheValue]
+}
+
+func (d *ipcacheDiff) of(k dpmaps.IPCacheKey) *dpmaps.Diff[dpmaps.IPCacheKey, dpmaps.IPCacheValue] {
+	if k.IsHost() {
+		return &d.hosts
+	}
+	return &d.trie
+}
+
+func (d *ipcacheDiff) write(k dpmaps.IPCacheKey, v dpmaps.IPCacheValue) {
+	dd := d.of(k)
+	dd.WriteKeys = append(dd.WriteKeys, k)
+	dd.WriteValues = append(dd.WriteValues, v)
+}
+
+func (d *ipcacheDiff) delete(k dpmaps.IPCacheKey) {
+	dd := d.of(k)
+	dd.DeleteKeys = append(dd.DeleteKeys, k)
+}
+
+// apply writes the diff in batches: host entries before prefixes, so that
+// a pod is found before a prefix covering it goes, and deletions after
+// every write, prefixes first.
+func (d *ipcacheDiff) apply(m *dpmaps.IPCache) error {
+	var errs []error
+	for _, step := range []func() (dpmaps.Stats, error){
+		func() (dpmaps.Stats, error) { return d.hosts.Write(m.HostsMap()) },
+		func() (dpmaps.Stats, error) { return d.trie.Write(m.Map()) },
+		func() (dpmaps.Stats, error) { return d.trie.Delete(m.Map()) },
+		func() (dpmaps.Stats, error) { return d.hosts.Delete(m.HostsMap()) },
+	} {
+		if _, err := step(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (d *ipcacheDiff) counts() (writes, deletes int) {
+	return len(d.hosts.WriteKeys) + len(d.trie.WriteKeys), len(d.hosts.DeleteKeys) + len(d.trie.DeleteKeys)
+}
+
 // apply writes the desired entries of keys and deletes the ones no
 // cluster holds any more.
 func (r *IPCacheReconciler) apply(keys map[netip.Prefix]state.Stamp) error {
 	started := time.Now()
-	d := &dpmaps.Diff[dpmaps.IPCacheKey, dpmaps.IPCacheValue]{}
+	var d ipcacheDiff
 	var bad []error
 	r.cfg.State.ResolveIPCache(maps.Keys(keys), func(p netip.Prefix, e state.IPCacheEntry, ok bool) {
 		k, err := dpmaps.IPCacheKeyOf(p)
-		if err != nil {
+		switch {
+		case err != nil:
 			bad = append(bad, err)
-			return
-		}
-		if ok {
-			d.WriteKeys = append(d.WriteKeys, k)
-			d.WriteValues = append(d.WriteValues, ipcacheValue(e))
-		} else {
-			d.DeleteKeys = append(d.DeleteKeys, k)
+		case ok:
+			d.write(k, ipcacheValue(e))
+		default:
+			d.delete(k)
 		}
 	})
-	_, werr := d.Write(r.cfg.Map.Map())
-	_, derr := d.Delete(r.cfg.Map.Map())
+	err := d.apply(r.cfg.Map)
 	now := time.Now()
-	r.metrics.setEntries(r.Entries())
-	r.metrics.observePass(false, started)
-	if err := errors.Join(werr, derr); err != nil {
+	r.setEntries()
+	r.trie.observePass(false, started)
+	if err != nil {
 		// Which keys failed is unknown: put them all back for the retry.
-		r.metrics.writeErrors.Inc()
+		r.trie.writeErrors.Inc()
 		r.changes.Requeue(keys)
-		return fmt.Errorf("write %d and delete %d ipcache entries: %w", len(d.WriteKeys), len(d.DeleteKeys), err)
+		w, dl := d.counts()
+		return fmt.Errorf("write %d and delete %d ipcache entries: %w", w, dl, err)
 	}
 	r.observe(keys, now)
 	if len(bad) > 0 {
@@ -145,22 +201,31 @@ func (r *IPCacheReconciler) apply(keys map[netip.Prefix]state.Stamp) error {
 
 func (r *IPCacheReconciler) observe(keys map[netip.Prefix]state.Stamp, now time.Time) {
 	for _, s := range keys {
-		r.metrics.propagation.Observe(r.changes.Age(s, now).Seconds())
+		r.trie.propagation.Observe(r.changes.Age(s, now).Seconds())
 	}
 }
 
-// fullPass makes the map hold exactly the merged state: it reads the map
+// fullPass makes the maps hold exactly the merged state: it reads each map
 // once and compares it with the state entry by entry, without building the
-// desired map in memory, then writes the differences and deletes the rest.
+// desired contents in memory, then writes the differences and deletes the
+// rest.
 func (r *IPCacheReconciler) fullPass(keys map[netip.Prefix]state.Stamp) error {
 	started := time.Now()
-	cur, err := dpmaps.Dump[dpmaps.IPCacheKey, dpmaps.IPCacheValue](r.cfg.Map.Map())
-	if err != nil {
+	fail := func(err error) error {
+		r.trie.writeErrors.Inc()
 		r.changes.Requeue(keys)
 		r.changes.RequestFull()
-		return fmt.Errorf("read ipcache: %w", err)
+		return fmt.Errorf("reconcile ipcache: %w", err)
 	}
-	d := &dpmaps.Diff[dpmaps.IPCacheKey, dpmaps.IPCacheValue]{}
+	curHosts, err := dpmaps.Dump[dpmaps.IPCacheKey, dpmaps.IPCacheValue](r.cfg.Map.HostsMap())
+	if err != nil {
+		return fail(err)
+	}
+	curTrie, err := dpmaps.Dump[dpmaps.IPCacheKey, dpmaps.IPCacheValue](r.cfg.Map.Map())
+	if err != nil {
+		return fail(err)
+	}
+	var d ipcacheDiff
 	var bad []error
 	unchanged, n := 0, 0
 	r.cfg.State.AllIPCache(func(p netip.Prefix, e state.IPCacheEntry) {
@@ -170,29 +235,31 @@ func (r *IPCacheReconciler) fullPass(keys map[netip.Prefix]state.Stamp) error {
 			return
 		}
 		n++
+		cur := curTrie
+		if k.IsHost() {
+			cur = curHosts
+		}
 		v := ipcacheValue(e)
 		if old, ok := cur[k]; ok && old == v {
 			unchanged++
 		} else {
-			d.WriteKeys = append(d.WriteKeys, k)
-			d.WriteValues = append(d.WriteValues, v)
+			d.write(k, v)
 		}
 		delete(cur, k)
 	})
-	for k := range cur {
-		d.DeleteKeys = append(d.DeleteKeys, k)
+	for _, cur := range []map[dpmaps.IPCacheKey]dpmaps.IPCacheValue{curHosts, curTrie} {
+		for k := range cur {
+			d.delete(k)
+		}
 	}
-	_, werr := d.Write(r.cfg.Map.Map())
-	_, derr := d.Delete(r.cfg.Map.Map())
+	err = d.apply(r.cfg.Map)
 	now := time.Now()
-	r.metrics.setEntries(n)
-	r.metrics.observePass(true, started)
-	r.logger.Info("Reconciled the whole ipcache", logfields.Count, n, "written", len(d.WriteKeys), "deleted", len(d.DeleteKeys), "unchanged", unchanged, logfields.Duration, time.Since(started))
-	if err := errors.Join(werr, derr); err != nil {
-		r.metrics.writeErrors.Inc()
-		r.changes.Requeue(keys)
-		r.changes.RequestFull()
-		return fmt.Errorf("reconcile ipcache: %w", err)
+	r.setEntries()
+	r.trie.observePass(true, started)
+	w, dl := d.counts()
+	r.logger.Info("Reconciled the whole ipcache", logfields.Count, n, "written", w, "deleted", dl, "unchanged", unchanged, logfields.Duration, time.Since(started))
+	if err != nil {
+		return fail(err)
 	}
 	r.observe(keys, now)
 	if len(bad) > 0 {

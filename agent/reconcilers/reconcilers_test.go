@@ -120,9 +120,33 @@ func TestIPCacheReconcilerKeepsPinnedEntriesUntilPruneAllowed(t *testing.T) {
 		}
 		return nil
 	})
-	if n := len(dumpIPCache(t, m)); n != 4 || r.Entries() != 4 {
-		t.Errorf("map has %d entries, reconciler counts %d; want 4", n, r.Entries())
+	if n, total := len(dumpIPCache(t, m)), first(r.Entries()); n != 4 || total != 4 {
+		t.Errorf("map has %d entries, reconciler counts %d; want 4", n, total)
 	}
+
+	// A prefix wider than a host goes to the trie, hosts to the hash; the
+	// datapath finds both by longest match.
+	cidr := pod("10.7.0.0", 2, 302, "172.18.2.1")
+	cidr.Mask = []byte{255, 255, 0, 0}
+	a.UpsertIPCache(cidr)
+	meshtest.Eventually(t, waitTimeout, func() error {
+		trie, err := dpmaps.Dump[dpmaps.IPCacheKey, dpmaps.IPCacheValue](m.IPCache.Map())
+		if err != nil {
+			return err
+		}
+		hosts, err := dpmaps.Dump[dpmaps.IPCacheKey, dpmaps.IPCacheValue](m.IPCache.HostsMap())
+		if err != nil {
+			return err
+		}
+		if len(trie) != 1 || len(hosts) != 4 {
+			return fmt.Errorf("trie %d entries, hosts %d; want 1 and 4", len(trie), len(hosts))
+		}
+		if e, _, _ := m.IPCache.Lookup(netip.MustParseAddr("10.7.3.4")); e.Identity != cidr.ID {
+			return fmt.Errorf("10.7.3.4 looks up %+v", e)
+		}
+		return nil
+	})
+	a.DeleteIPCache(cidr.IP)
 
 	// Removing the cluster withdraws exactly its entries.
 	s.Cluster("b").UpsertIPCache(pod("10.3.0.1", 3, 300, "172.18.3.1"))
@@ -197,3 +221,5 @@ func TestServiceReconciler(t *testing.T) {
 	s.DeleteLocalService(nn)
 	meshtest.Eventually(t, waitTimeout, want())
 }
+
+func first(a, _ int) int { return a }

@@ -75,12 +75,12 @@ func (s *State) AllIPCache(fn func(p netip.Prefix, e IPCacheEntry)) {
 	}
 }
 
-// IPCacheSize returns the number of merged ipcache entries: the prefixes
-// some cluster holds.
-func (s *State) IPCacheSize() int {
+// IPCacheSize returns the number of merged ipcache entries (the prefixes
+// some cluster holds) and how many of them are host prefixes (/32, /128).
+func (s *State) IPCacheSize() (total, hosts int) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.ipcacheSize
+	return s.ipcacheSize, s.ipcacheHosts
 }
 
 // ownHostsLocked returns the host-table indices, in the local cluster, of

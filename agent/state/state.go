@@ -42,8 +42,9 @@ type State struct {
 	identitySubs   []*Changes[protocol.NumericIdentity]
 	nodeSubs       []*Changes[NodeName]
 	syncSubs       []chan struct{}
-	// ipcacheSize is the number of prefixes some cluster holds.
-	ipcacheSize int
+	// ipcacheSize is the number of prefixes some cluster holds, and
+	// ipcacheHosts how many of them are host prefixes (/32, /128).
+	ipcacheSize, ipcacheHosts int
 }
 
 // New returns an empty State.
@@ -214,6 +215,16 @@ func newClusterState(name string, local bool) *clusterState {
 	}
 }
 
+// resize counts k coming into (delta 1) or leaving (-1) the merged ipcache.
+func (s *State) resize(k ipKey, delta int) {
+	s.ipcacheSize += delta
+	if k.isHost() {
+		s.ipcacheHosts += delta
+	}
+}
+
+func (k ipKey) isHost() bool { return k.v4 && k.bits == 32 || !k.v4 && k.bits == 128 }
+
 // heldLocked reports whether any cluster holds k, as a pod or a node
 // address.
 func (s *State) heldLocked(k ipKey) bool {
@@ -270,13 +281,13 @@ func (s *State) RemoveCluster(name string) {
 	s.order = slices.DeleteFunc(s.order, func(c *clusterState) bool { return c == cs })
 	for k := range cs.ipcache {
 		if !s.heldLocked(k) {
-			s.ipcacheSize--
+			s.resize(k, -1)
 		}
 		s.ipcacheChangedLocked(k, now)
 	}
 	for k := range cs.nodeIPs {
 		if _, pod := cs.ipcache[k]; !pod && !s.heldLocked(k) {
-			s.ipcacheSize--
+			s.resize(k, -1)
 		}
 		s.ipcacheChangedLocked(k, now)
 	}

@@ -70,7 +70,7 @@ func TestIPCacheMergeAndWithdraw(t *testing.T) {
 	if e, _ := resolve(s, "172.18.0.1/32"); !e.Node || e.Identity != protocol.IdentityHost || !e.LocalNode {
 		t.Errorf("own node address: %+v", e)
 	}
-	if n := s.IPCacheSize(); n != 6 {
+	if n, hosts := s.IPCacheSize(); n != 6 || hosts != 6 {
 		t.Errorf("merged size %d, want 6", n)
 	}
 	ch.Take(0)
@@ -117,7 +117,7 @@ func TestIPCacheMaskedKeys(t *testing.T) {
 	}
 	w.UpsertIPCache(e)
 	w.DeleteIPCache(netip.MustParseAddr("10.5.0.0"))
-	if n := s.IPCacheSize(); n != 0 {
+	if n, _ := s.IPCacheSize(); n != 0 {
 		t.Errorf("size %d after delete", n)
 	}
 }
@@ -298,7 +298,7 @@ func TestResyncSweepsWhatWasNotSeenAgain(t *testing.T) {
 	if _, ok := resolve(s, "10.2.0.3/32"); ok {
 		t.Error("entry not seen again survived the sweep")
 	}
-	if n := s.IPCacheSize(); n != 2 {
+	if n, _ := s.IPCacheSize(); n != 2 {
 		t.Errorf("size %d, want 2", n)
 	}
 }
@@ -319,8 +319,12 @@ func FuzzIPCacheSize(f *testing.F) {
 			ip := fmt.Sprintf("10.0.0.%d", ops[i+1]%8)
 			host := fmt.Sprintf("10.0.0.%d", ops[i+1]%4+4)
 			switch ops[i] % 8 {
-			case 0, 1:
+			case 0:
 				w.UpsertIPCache(ipEntry(ip, ids[c], 300+uint32(ops[i+1]%3), host))
+			case 1: // a masked entry: a /30 that covers some of the pods
+				e := ipEntry(fmt.Sprintf("10.0.0.%d", ops[i+1]%2*4), ids[c], 300, host)
+				e.Mask = []byte{255, 255, 255, 252}
+				w.UpsertIPCache(e)
 			case 2:
 				w.DeleteIPCache(netip.MustParseAddr(ip))
 			case 3:
@@ -343,8 +347,14 @@ func FuzzIPCacheSize(f *testing.F) {
 				}
 				all[p] = e
 			})
-			if n := s.IPCacheSize(); n != len(all) {
-				t.Fatalf("after op %d: size %d, full walk %d", i/2, n, len(all))
+			hosts := 0
+			for p := range all {
+				if p.IsSingleIP() {
+					hosts++
+				}
+			}
+			if n, h := s.IPCacheSize(); n != len(all) || h != hosts {
+				t.Fatalf("after op %d: size %d (hosts %d), full walk %d (hosts %d)", i/2, n, h, len(all), hosts)
 			}
 			for p, e := range all {
 				if got, ok := resolve(s, p.String()); !ok || got != e {

@@ -142,7 +142,7 @@ func (w *ClusterWriter) UpsertIPCache(e *protocol.IPCacheEntry) {
 			return
 		}
 		if !had && !s.heldLocked(k) {
-			s.ipcacheSize++
+			s.resize(k, 1)
 		}
 		cs.ipcache[k] = v
 		if had && prev.id == v.id && prev.host == v.host {
@@ -175,7 +175,7 @@ func (w *ClusterWriter) deleteIPCache(cs *clusterState, k ipKey) {
 	s := w.s
 	delete(cs.ipcache, k)
 	if !s.heldLocked(k) {
-		s.ipcacheSize--
+		s.resize(k, -1)
 	}
 	now := s.cfg.Now()
 	cs.lastChange = now
@@ -219,7 +219,7 @@ func (w *ClusterWriter) nodeChanged(cs *clusterState, old, cur *protocol.Node) {
 		if _, keep := newIPs[k]; !keep && cs.nodeIPs[k] == name.Name {
 			delete(cs.nodeIPs, k)
 			if !s.heldLocked(k) {
-				s.ipcacheSize--
+				s.resize(k, -1)
 			}
 			s.ipcacheChangedLocked(k, now)
 		}
@@ -227,7 +227,7 @@ func (w *ClusterWriter) nodeChanged(cs *clusterState, old, cur *protocol.Node) {
 	for k := range newIPs {
 		if owner, had := cs.nodeIPs[k]; !had || owner != name.Name {
 			if !had && !s.heldLocked(k) {
-				s.ipcacheSize++
+				s.resize(k, 1)
 			}
 			cs.nodeIPs[k] = name.Name
 			s.ipcacheChangedLocked(k, now)
