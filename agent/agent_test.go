@@ -180,6 +180,20 @@ func TestAgentProgramsMapsFromEveryCluster(t *testing.T) {
 		return nil
 	})
 
+	// A bad annotation is reported as an Event on the Service.
+	meshtest.Eventually(t, waitTimeout, func() error {
+		evs, err := w.k.Client.EventsV1().Events(ns).List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		for _, ev := range evs.Items {
+			if ev.Regarding.Name == "broken" && ev.Reason == "InvalidMeshAnnotation" && strings.Contains(ev.Note, `"closest"`) {
+				return nil
+			}
+		}
+		return fmt.Errorf("no InvalidMeshAnnotation Event for Service broken among %d events", len(evs.Items))
+	})
+
 	// Entries change and disappear with the remote state.
 	e, kv := east.IPCache(eastIPs[5], 999, east.HostIP(2))
 	east.Put(kv.Key, kv.Value)
@@ -307,6 +321,48 @@ func bpftoolHas(t *testing.T, pin string, n int, ip netip.Addr, id protocol.Nume
 		}
 	}
 	t.Errorf("bpftool output has no entry for %s (BTF field names missing?):\n%.1000s", ip, out)
+}
+
+// TestAgentUsesChangedSecretEntry rotates a cluster's client certificate
+// in the Secret: the agent reconnects with the new one at once and keeps
+// the cluster's entries throughout.
+func TestAgentUsesChangedSecretEntry(t *testing.T) {
+	privileged.Require(t)
+	w := newWorld(t, map[string]uint32{"east": 2})
+	east := w.remotes["east"]
+	eastIPs := pods(east, 5)
+	w.home.PutSynced()
+	east.PutSynced()
+	api := w.runAgent(w.agentConfig())
+	waitSynced(t, api)
+	m := openMaps(t, w.mapsConfig())
+	want := map[netip.Prefix]uint16{host(eastIPs[0]): 2, host(eastIPs[4]): 2}
+	meshtest.Eventually(t, waitTimeout, func() error { return ipcacheHas(m, want, nil) })
+	st, err := status(api)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := clusterOf(st, "east").Connections
+
+	w.putEntry(east, protocol.RemoteUser) // a fresh certificate
+	w.writeSecret()
+	meshtest.Eventually(t, waitTimeout, func() error {
+		st, err := status(api)
+		if err != nil {
+			return err
+		}
+		if c := clusterOf(st, "east"); c.Connections <= before || c.State != "ready" {
+			return fmt.Errorf("east: %d connections (was %d), %s", c.Connections, before, c.State)
+		}
+		return nil
+	})
+	if err := ipcacheHas(m, want, nil); err != nil {
+		t.Error(err)
+	}
+	// The new connection follows the remote as before.
+	e, kv := east.IPCache(east.PodIP(100), 300, east.HostIP(0))
+	east.Put(kv.Key, kv.Value)
+	meshtest.Eventually(t, waitTimeout, func() error { return ipcacheHas(m, map[netip.Prefix]uint16{host(e.IP): 2}, nil) })
 }
 
 // TestAgentRefusesDuplicateClusterID checks a cluster announcing an ID
