@@ -23,6 +23,14 @@ kube: ## build and cache the pinned kube-apiserver, controller-manager, schedule
 kube-pin: ## regenerate the kubebin tool module from kubebin.KubernetesVersion, then run make kube
 	$(GO) run ./internal/kubebin/internal/pin
 
+.PHONY: lab
+lab: build ## bring up the local lab as root (bin/isthmus lab up; LAB_FLAGS="--clusters 3" to shape it)
+	$(BIN)/isthmus lab up $(LAB_FLAGS)
+
+.PHONY: lab-down
+lab-down: ## remove the local lab (bin/isthmus lab down)
+	$(BIN)/isthmus lab down $(LAB_FLAGS)
+
 .PHONY: test
 test: verify kube ## everything CI runs: checks, unit, integration and e2e tests (builds the control plane first)
 	$(GO) test $(GOTEST_FLAGS) -timeout $(TEST_TIMEOUT) ./...

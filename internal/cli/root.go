@@ -62,6 +62,7 @@ cross-cluster policy written against labels.`,
 		newConnectCommand(opts),
 		newDisconnectCommand(opts),
 		newStatusCommand(opts),
+		newLabCommand(opts),
 	)
 	return root
 }
