@@ -363,6 +363,28 @@ func TestAgentUsesChangedSecretEntry(t *testing.T) {
 	e, kv := east.IPCache(east.PodIP(100), 300, east.HostIP(0))
 	east.Put(kv.Key, kv.Value)
 	meshtest.Eventually(t, waitTimeout, func() error { return ipcacheHas(m, map[netip.Prefix]uint16{host(e.IP): 2}, nil) })
+
+	// An unusable entry is reported; one that becomes unusable keeps the
+	// connection it has rather than cutting the cluster off.
+	w.secret["bad"] = []byte("endpoints: [https://127.0.0.1:1]\n")
+	delete(w.secret, "east.etcd-client.key")
+	w.writeSecret()
+	meshtest.Eventually(t, waitTimeout, func() error {
+		st, err := status(api)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(st.InvalidEntries["bad"], "trusted-ca-file") || !strings.Contains(st.InvalidEntries["east"], "key-file") {
+			return fmt.Errorf("invalid entries: %v", st.InvalidEntries)
+		}
+		if c := clusterOf(st, "east"); c == nil || c.State != "ready" {
+			return fmt.Errorf("east: %v", c)
+		}
+		return nil
+	})
+	if err := ipcacheHas(m, want, nil); err != nil {
+		t.Error(err)
+	}
 }
 
 // TestAgentRefusesDuplicateClusterID checks a cluster announcing an ID
