@@ -205,6 +205,10 @@ func (rc *RemoteCluster) connect(ctx context.Context, bo *backoff) error {
 	}
 	rc.setState(StateConnecting)
 
+	if err := checkEndpoints(entry); err != nil {
+		rc.recordError(err)
+		return err
+	}
 	tlsConfig, err := TLSConfig(entry)
 	if err != nil {
 		rc.recordError(err)

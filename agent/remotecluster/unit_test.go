@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/isthmus-mesh/isthmus/internal/meshconfig"
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
 )
 
@@ -74,5 +75,23 @@ func TestClusterIDs(t *testing.T) {
 	ids.Release("home")
 	if h, _ := ids.Holder(1); h != "home" {
 		t.Error("local cluster lost its ID")
+	}
+}
+
+func TestCheckEndpoints(t *testing.T) {
+	for ep, ok := range map[string]bool{
+		"https://127.0.0.1:2379":        true,
+		"https://[fd00::1]:2379":        true,
+		"https://mesh.example.com:2379": true,
+		"https://https://127.0.0.1:1":   false,
+		"http://127.0.0.1:2379":         false,
+		"127.0.0.1:2379":                false,
+		"https://127.0.0.1":             false,
+		"https://127.0.0.1:2379/x":      false,
+	} {
+		err := checkEndpoints(meshconfig.ClusterEntry{Cluster: "c", Endpoints: []string{ep}})
+		if (err == nil) != ok {
+			t.Errorf("%s: %v", ep, err)
+		}
 	}
 }
