@@ -1,7 +1,8 @@
-//go:build isthmus_apiserver
+//go:build ignore
 
-// Built once the apiserver is on main (until then: -tags isthmus_apiserver
-// with the apiserver branch).
+// Ignored until the apiserver is on main: go mod tidy looks at every build
+// tag and cannot resolve the apiserver package before then. It passes with
+// the apiserver branch overlaid and this line removed.
 
 package agent_test
 

@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"github.com/isthmus-mesh/isthmus/agent"
 	"github.com/isthmus-mesh/isthmus/datapath/bpffs"
@@ -128,6 +129,8 @@ func (o *options) run(ctx context.Context, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// client-go logs through klog; send it to the same structured log.
+	klog.SetSlogLogger(logger.With("component", "client-go"))
 	client, err := o.client()
 	if err != nil {
 		return err
