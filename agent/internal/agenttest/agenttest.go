@@ -24,9 +24,13 @@ func Suffix() string {
 }
 
 // PinRoot requires root, and returns a fresh directory under the machine's
-// bpffs, removed with everything pinned in it when the test ends.
+// bpffs, removed with everything pinned in it when the test ends. Under
+// -short (the unit tier) it skips tb: real maps are integration.
 func PinRoot(tb testing.TB) string {
 	tb.Helper()
+	if testing.Short() {
+		tb.Skip("agenttest: uses real pinned BPF maps; not part of the unit tier (-short)")
+	}
 	privileged.Require(tb)
 	if ok, err := bpffs.IsBPFFS(bpffs.DefaultMountpoint); err != nil || !ok {
 		privileged.Unavailable(tb, "no bpffs mounted at "+bpffs.DefaultMountpoint)

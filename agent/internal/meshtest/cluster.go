@@ -44,9 +44,12 @@ type Cluster struct {
 
 // StartCluster starts the mesh etcd of cluster name with cluster ID id and
 // maxConnectedClusters 255, and publishes its cluster-config. It is stopped
-// in tb's cleanup.
+// in tb's cleanup. Under -short (the unit tier) it skips tb.
 func StartCluster(tb testing.TB, name string, id uint32) *Cluster {
 	tb.Helper()
+	if testing.Short() {
+		tb.Skip("meshtest: runs a real etcd server; not part of the unit tier (-short)")
+	}
 	c := &Cluster{Name: name, ID: id, MaxConnected: protocol.MaxConnectedClusters255, CA: NewCA(tb, name+"-ca"), tb: tb, dir: tb.TempDir()}
 	cert, key := c.CA.Issue(tb, "server", true)
 	for f, b := range map[string][]byte{"ca.crt": c.CA.CertPEM, "server.crt": cert, "server.key": key} {
