@@ -71,8 +71,12 @@ verify-crds: ## check the committed CRDs and deepcopy code match apis/ (fix: mak
 verify-generated: ## check committed BPF objects match their C sources (skips without clang-14)
 	GO=$(GO) datapath/bpf/verify-generated.sh
 
+.PHONY: verify-agent-api
+verify-agent-api: ## check the committed agent API code matches agent.proto (skips without protoc)
+	GO=$(GO) sh agent/api/agentv1/generate.sh --verify
+
 .PHONY: verify
-verify: verify-generated verify-crds ## formatting, vet, go.mod tidiness, generated BPF objects and API code up to date
+verify: verify-generated verify-crds verify-agent-api ## formatting, vet, go.mod tidiness, generated BPF objects and API code up to date
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed (make fmt):"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum not tidy (make tidy)"; $(GO) mod tidy -diff; exit 1; }
