@@ -23,6 +23,14 @@ kube: ## build and cache the pinned kube-apiserver, controller-manager, schedule
 kube-pin: ## regenerate the kubebin tool module from kubebin.KubernetesVersion, then run make kube
 	$(GO) run ./internal/kubebin/internal/pin
 
+.PHONY: lab
+lab: build ## bring up the local lab as root (bin/isthmus lab up; LAB_FLAGS="--clusters 3" to shape it)
+	$(BIN)/isthmus lab up $(LAB_FLAGS)
+
+.PHONY: lab-down
+lab-down: ## remove the local lab (bin/isthmus lab down)
+	$(BIN)/isthmus lab down $(LAB_FLAGS)
+
 .PHONY: test
 test: verify kube ## everything CI runs: checks, unit, integration and e2e tests (builds the control plane first)
 	$(GO) test $(GOTEST_FLAGS) -timeout $(TEST_TIMEOUT) ./...
@@ -47,12 +55,28 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 generate: ## regenerate BPF objects and CRDs
 	$(GO) generate ./...
 
+# CRD_GEN must match the go:generate line in apis/v1alpha1/generate.go.
+CRD_GEN = $(GO) tool controller-gen crd paths=./apis/...
+
+.PHONY: verify-crds
+verify-crds: ## check the committed CRDs and deepcopy code match apis/ (fix: make generate)
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(CRD_GEN) output:crd:dir="$$tmp/crds" && \
+	$(GO) tool controller-gen object paths=./apis/... output:object:dir="$$tmp/object" && \
+	{ diff -ru charts/isthmus/crds "$$tmp/crds" && \
+	  diff -u apis/v1alpha1/zz_generated.deepcopy.go "$$tmp/object/zz_generated.deepcopy.go"; } \
+	  || { echo "generated API code is stale: run make generate and commit the result"; exit 1; }
+
 .PHONY: verify-generated
 verify-generated: ## check committed BPF objects match their C sources (skips without clang-14)
 	GO=$(GO) datapath/bpf/verify-generated.sh
 
+.PHONY: verify-agent-api
+verify-agent-api: ## check the committed agent API code matches agent.proto (skips without protoc)
+	GO=$(GO) sh agent/api/agentv1/generate.sh --verify
+
 .PHONY: verify
-verify: ## formatting, vet, go.mod tidiness
+verify: verify-generated verify-crds verify-agent-api ## formatting, vet, go.mod tidiness, generated BPF objects and API code up to date
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed (make fmt):"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum not tidy (make tidy)"; $(GO) mod tidy -diff; exit 1; }

@@ -1,5 +1,3 @@
-//go:build testenv_pending || devkube
-
 package apiserver_test
 
 import (

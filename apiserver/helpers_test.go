@@ -1,5 +1,3 @@
-//go:build testenv_pending || devkube
-
 package apiserver_test
 
 import (
@@ -16,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/isthmus-mesh/isthmus/internal/meshconfig"
+	"github.com/isthmus-mesh/isthmus/internal/testenv"
 )
 
 func bufioReader(s string) *bufio.Reader { return bufio.NewReader(strings.NewReader(s)) }
@@ -32,3 +31,8 @@ func deleteMeshConfigMap(t testing.TB, client kubernetes.Interface) {
 		t.Errorf("delete ConfigMap: %v", err)
 	}
 }
+
+// kube is the real control plane the tests of this package share.
+var kube = testenv.New(testenv.Options{})
+
+func TestMain(m *testing.M) { testenv.Main(m, kube) }

@@ -1,5 +1,3 @@
-//go:build testenv_pending
-
 package certs_test
 
 import (

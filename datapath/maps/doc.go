@@ -1,5 +1,7 @@
 // Package maps creates, pins and programs the BPF maps of the Isthmus
-// datapath: the ipcache (IP prefix -> identity, tunnel endpoint, cluster),
+// datapath: the ipcache (IP prefix -> identity, tunnel endpoint, cluster;
+// an LPM trie plus a hash for host entries, so that lookups cost the same
+// with ten pods or a million),
 // the global service maps used by the socket load balancer, the
 // cross-cluster policy maps, the mesh config, and the maps the programs
 // write (connection tracking, socket reverse translation, flow events,

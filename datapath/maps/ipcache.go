@@ -82,14 +82,34 @@ func (k IPCacheKey) Prefix() netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom16(k.Addr), bits)
 }
 
-// IPCache is the isthmus_ipcache LPM trie: IPv4 and IPv6 prefixes to
-// identity, tunnel endpoint and cluster. Safe for concurrent use.
-type IPCache struct {
-	m *ebpf.Map
+// IsHost reports whether k is a host entry (/32 or /128), which lives in
+// isthmus_iphosts rather than the trie.
+func (k IPCacheKey) IsHost() bool {
+	return k.Family == IPCacheFamilyIPv4 && k.PrefixLen == IPCachePrefixBase+32 ||
+		k.Family == IPCacheFamilyIPv6 && k.PrefixLen == IPCachePrefixBase+128
 }
 
-// Map returns the underlying map.
-func (c *IPCache) Map() *ebpf.Map { return c.m }
+// IPCache maps IPv4 and IPv6 prefixes to identity, tunnel endpoint and
+// cluster. It is two maps with one key layout: host entries (/32, /128) in
+// the isthmus_iphosts hash and every other prefix in the isthmus_ipcache LPM
+// trie; the programs try the hash first. Callers see one longest-prefix
+// table. Safe for concurrent use.
+type IPCache struct {
+	trie, hosts *ebpf.Map
+}
+
+// Map returns the LPM trie (prefixes shorter than a host).
+func (c *IPCache) Map() *ebpf.Map { return c.trie }
+
+// HostsMap returns the hash of host entries.
+func (c *IPCache) HostsMap() *ebpf.Map { return c.hosts }
+
+func (c *IPCache) mapFor(k IPCacheKey) *ebpf.Map {
+	if k.IsHost() {
+		return c.hosts
+	}
+	return c.trie
+}
 
 // Upsert adds or replaces the entry for p.
 func (c *IPCache) Upsert(p netip.Prefix, e IPCacheEntry) error {
@@ -97,8 +117,9 @@ func (c *IPCache) Upsert(p netip.Prefix, e IPCacheEntry) error {
 	if err != nil {
 		return err
 	}
-	if err := c.m.Put(k, e.value()); err != nil {
-		return fmt.Errorf("ipcache upsert %v: %w", p, explainWrite(c.m, err))
+	m := c.mapFor(k)
+	if err := m.Put(k, e.value()); err != nil {
+		return fmt.Errorf("ipcache upsert %v: %w", p, explainWrite(m, err))
 	}
 	return nil
 }
@@ -109,7 +130,7 @@ func (c *IPCache) Delete(p netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	if err := c.m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := c.mapFor(k).Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("ipcache delete %v: %w", p, err)
 	}
 	return nil
@@ -121,35 +142,43 @@ func (c *IPCache) Lookup(a netip.Addr) (IPCacheEntry, bool, error) {
 	if !a.IsValid() {
 		return IPCacheEntry{}, false, fmt.Errorf("ipcache lookup: invalid address")
 	}
-	var v IPCacheValue
-	err := c.m.Lookup(ipcacheLookupKey(a), &v)
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return IPCacheEntry{}, false, nil
+	k := ipcacheLookupKey(a)
+	for _, m := range []*ebpf.Map{c.hosts, c.trie} {
+		var v IPCacheValue
+		err := m.Lookup(k, &v)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			continue
+		}
+		if err != nil {
+			return IPCacheEntry{}, false, fmt.Errorf("ipcache lookup %v: %w", a, err)
+		}
+		return entryOf(v), true, nil
 	}
-	if err != nil {
-		return IPCacheEntry{}, false, fmt.Errorf("ipcache lookup %v: %w", a, err)
-	}
-	return entryOf(v), true, nil
+	return IPCacheEntry{}, false, nil
 }
 
 // Dump returns every entry.
 func (c *IPCache) Dump() (map[netip.Prefix]IPCacheEntry, error) {
-	raw, err := Dump[IPCacheKey, IPCacheValue](c.m)
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[netip.Prefix]IPCacheEntry, len(raw))
-	for k, v := range raw {
-		out[k.Prefix()] = entryOf(v)
+	out := make(map[netip.Prefix]IPCacheEntry)
+	for _, m := range []*ebpf.Map{c.trie, c.hosts} {
+		raw, err := Dump[IPCacheKey, IPCacheValue](m)
+		if err != nil {
+			return nil, err
+		}
+		for k, v := range raw {
+			out[k.Prefix()] = entryOf(v)
+		}
 	}
 	return out, nil
 }
 
 // Reconcile makes the ipcache hold exactly desired, writing only the
-// differences. An invalid prefix is skipped, reported in the returned
-// InvalidEntries error and counted in Stats.Failed; the rest still lands.
+// differences to each of its two maps. An invalid prefix is skipped,
+// reported in the returned InvalidEntriesError and counted in Stats.Failed;
+// the rest still lands.
 func (c *IPCache) Reconcile(desired map[netip.Prefix]IPCacheEntry) (Stats, error) {
-	raw := make(map[IPCacheKey]IPCacheValue, len(desired))
+	hosts := make(map[IPCacheKey]IPCacheValue, len(desired))
+	prefixes := make(map[IPCacheKey]IPCacheValue)
 	var bad []error
 	for p, e := range desired {
 		k, err := IPCacheKeyOf(p)
@@ -157,9 +186,17 @@ func (c *IPCache) Reconcile(desired map[netip.Prefix]IPCacheEntry) (Stats, error
 			bad = append(bad, err)
 			continue
 		}
-		raw[k] = e.value()
+		if k.IsHost() {
+			hosts[k] = e.value()
+		} else {
+			prefixes[k] = e.value()
+		}
 	}
-	st, err := Reconcile(c.m, raw)
+	// Hosts first: a new pod is found before the prefix covering it goes.
+	st, herr := Reconcile(c.hosts, hosts)
+	pst, perr := Reconcile(c.trie, prefixes)
+	st.add(pst)
+	err := errors.Join(herr, perr)
 	st.Failed += len(bad)
 	if len(bad) > 0 {
 		err = errors.Join(err, &InvalidEntriesError{Map: NameIPCache, Errs: bad})

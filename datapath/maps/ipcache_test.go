@@ -79,6 +79,32 @@ func TestIPCacheLongestPrefixMatch(t *testing.T) {
 		}
 	}
 
+	// Host entries live in the hash, the rest in the trie.
+	for _, m := range []struct {
+		name string
+		host bool
+		want int
+		dump func() (map[IPCacheKey]IPCacheValue, error)
+	}{
+		{"trie", false, 6, func() (map[IPCacheKey]IPCacheValue, error) { return Dump[IPCacheKey, IPCacheValue](m.IPCache.Map()) }},
+		{"hosts", true, 2, func() (map[IPCacheKey]IPCacheValue, error) {
+			return Dump[IPCacheKey, IPCacheValue](m.IPCache.HostsMap())
+		}},
+	} {
+		raw, err := m.dump()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(raw) != m.want {
+			t.Errorf("%s holds %d entries, want %d", m.name, len(raw), m.want)
+		}
+		for k := range raw {
+			if k.IsHost() != m.host {
+				t.Errorf("%s holds %v", m.name, k.Prefix())
+			}
+		}
+	}
+
 	// ::/0 must not catch IPv4 addresses: the family byte keeps them apart.
 	if err := m.IPCache.Upsert(mustPrefix(t, "::/0"), IPCacheEntry{Identity: protocol.IdentityWorld}); err != nil {
 		t.Fatal(err)

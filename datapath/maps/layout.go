@@ -20,6 +20,7 @@ import (
 // file names under the root directory.
 const (
 	NameIPCache     = "isthmus_ipcache"
+	NameIPHosts     = "isthmus_iphosts"
 	NameFrontends   = "isthmus_lb_fe"
 	NameSlots       = "isthmus_lb_slot"
 	NameBackends    = "isthmus_lb_be"
@@ -61,7 +62,8 @@ func (a Addr16) String() string {
 	return "-"
 }
 
-// IPCacheKey is the key of isthmus_ipcache (LPM trie), 24 bytes:
+// IPCacheKey is the key of isthmus_ipcache (LPM trie) and of
+// isthmus_iphosts (hash, host entries only, PrefixLen 64 or 160), 24 bytes:
 //
 //	off size field
 //	0   4    PrefixLen  32 + prefix length: the family and pad bits always match
@@ -93,7 +95,8 @@ const (
 	IPCacheFlagNode uint8 = 1 << 1
 )
 
-// IPCacheValue is the value of isthmus_ipcache, 24 bytes:
+// IPCacheValue is the value of isthmus_ipcache and isthmus_iphosts, 24
+// bytes:
 //
 //	off size field
 //	0   4    Identity        numeric security identity

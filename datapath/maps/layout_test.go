@@ -16,6 +16,7 @@ func TestLayoutsMatchBTF(t *testing.T) {
 	}
 	types := map[string][2]reflect.Type{
 		NameIPCache:     {reflect.TypeFor[IPCacheKey](), reflect.TypeFor[IPCacheValue]()},
+		NameIPHosts:     {reflect.TypeFor[IPCacheKey](), reflect.TypeFor[IPCacheValue]()},
 		NameFrontends:   {reflect.TypeFor[FrontendKey](), reflect.TypeFor[FrontendValue]()},
 		NameSlots:       {reflect.TypeFor[SlotKey](), reflect.TypeFor[SlotValue]()},
 		NameBackends:    {reflect.TypeFor[uint32](), reflect.TypeFor[BackendValue]()},

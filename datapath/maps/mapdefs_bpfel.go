@@ -20,6 +20,7 @@ const (
 	mapdefsMapIsthmusCt      = "isthmus_ct"
 	mapdefsMapIsthmusFlows   = "isthmus_flows"
 	mapdefsMapIsthmusIpcache = "isthmus_ipcache"
+	mapdefsMapIsthmusIphosts = "isthmus_iphosts"
 	mapdefsMapIsthmusLbBe    = "isthmus_lb_be"
 	mapdefsMapIsthmusLbFe    = "isthmus_lb_fe"
 	mapdefsMapIsthmusLbRnat  = "isthmus_lb_rnat"
@@ -81,6 +82,7 @@ type mapdefsMapSpecs struct {
 	IsthmusCt      *ebpf.MapSpec `ebpf:"isthmus_ct"`
 	IsthmusFlows   *ebpf.MapSpec `ebpf:"isthmus_flows"`
 	IsthmusIpcache *ebpf.MapSpec `ebpf:"isthmus_ipcache"`
+	IsthmusIphosts *ebpf.MapSpec `ebpf:"isthmus_iphosts"`
 	IsthmusLbBe    *ebpf.MapSpec `ebpf:"isthmus_lb_be"`
 	IsthmusLbFe    *ebpf.MapSpec `ebpf:"isthmus_lb_fe"`
 	IsthmusLbRnat  *ebpf.MapSpec `ebpf:"isthmus_lb_rnat"`
@@ -120,6 +122,7 @@ type mapdefsMaps struct {
 	IsthmusCt      *ebpf.Map `ebpf:"isthmus_ct"`
 	IsthmusFlows   *ebpf.Map `ebpf:"isthmus_flows"`
 	IsthmusIpcache *ebpf.Map `ebpf:"isthmus_ipcache"`
+	IsthmusIphosts *ebpf.Map `ebpf:"isthmus_iphosts"`
 	IsthmusLbBe    *ebpf.Map `ebpf:"isthmus_lb_be"`
 	IsthmusLbFe    *ebpf.Map `ebpf:"isthmus_lb_fe"`
 	IsthmusLbRnat  *ebpf.Map `ebpf:"isthmus_lb_rnat"`
@@ -135,6 +138,7 @@ func (m *mapdefsMaps) Close() error {
 		m.IsthmusCt,
 		m.IsthmusFlows,
 		m.IsthmusIpcache,
+		m.IsthmusIphosts,
 		m.IsthmusLbBe,
 		m.IsthmusLbFe,
 		m.IsthmusLbRnat,

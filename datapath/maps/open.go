@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/rlimit"
@@ -43,6 +44,8 @@ type Config struct {
 	Root string
 
 	// Max entries per map; zero means the Default* constant of the same name.
+	// IPCacheMaxEntries sizes both halves of the ipcache (host entries and
+	// shorter prefixes); neither preallocates.
 	IPCacheMaxEntries     uint32
 	FrontendMaxEntries    uint32
 	SlotMaxEntries        uint32
@@ -86,6 +89,7 @@ func (c Config) withDefaults() Config {
 func (c Config) maxEntries() map[string]uint32 {
 	return map[string]uint32{
 		NameIPCache:     c.IPCacheMaxEntries,
+		NameIPHosts:     c.IPCacheMaxEntries,
 		NameFrontends:   c.FrontendMaxEntries,
 		NameSlots:       c.SlotMaxEntries,
 		NameBackends:    c.BackendMaxEntries,
@@ -195,7 +199,7 @@ func Open(cfg Config) (_ *Maps, err error) {
 		}
 	}
 
-	m.IPCache = &IPCache{m: m.byName[NameIPCache]}
+	m.IPCache = &IPCache{trie: m.byName[NameIPCache], hosts: m.byName[NameIPHosts]}
 	m.Services = newServices(m.byName[NameFrontends], m.byName[NameSlots], m.byName[NameBackends])
 	m.Policy = &Policy{m: m.byName[NamePolicy]}
 	m.Enforcement = &Enforcement{m: m.byName[NameEnforcement]}
@@ -230,6 +234,28 @@ func (m *Maps) Replacements() map[string]*ebpf.Map {
 		out[k] = v
 	}
 	return out
+}
+
+// CollectionOptions prepares spec, a program object compiled with maps.h,
+// to run on these pinned maps instead of creating its own: it aligns each
+// map spec's size with the pinned map (sizes come from Config, not from the
+// C defaults) and returns options whose MapReplacements name the pinned
+// maps. A map in spec that Maps does not know is an error: the object was
+// built from a different maps.h.
+func (m *Maps) CollectionOptions(spec *ebpf.CollectionSpec) (*ebpf.CollectionOptions, error) {
+	repl := make(map[string]*ebpf.Map, len(spec.Maps))
+	for name, ms := range spec.Maps {
+		pinned, ok := m.byName[name]
+		if !ok {
+			if strings.HasPrefix(name, ".") {
+				continue // .rodata, .data, .bss: the object's own globals
+			}
+			return nil, fmt.Errorf("map %s in the program object is not an Isthmus map; rebuild the object (make generate)", name)
+		}
+		ms.MaxEntries = pinned.MaxEntries()
+		repl[name] = pinned
+	}
+	return &ebpf.CollectionOptions{MapReplacements: repl}, nil
 }
 
 // Close releases the handles. The pins stay, and so do the maps while

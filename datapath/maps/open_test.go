@@ -14,6 +14,7 @@ import (
 	"github.com/cilium/ebpf/btf"
 
 	"github.com/isthmus-mesh/isthmus/datapath/internal/bpftest"
+	"github.com/isthmus-mesh/isthmus/internal/privileged"
 )
 
 func TestOpenCreatesPinsAndReusesThem(t *testing.T) {
@@ -23,7 +24,7 @@ func TestOpenCreatesPinsAndReusesThem(t *testing.T) {
 	if got := m1.Recreated(); len(got) != 0 {
 		t.Fatalf("fresh Open recreated %v", got)
 	}
-	for _, name := range []string{NameIPCache, NameFrontends, NameSlots, NameBackends, NameRevNAT,
+	for _, name := range []string{NameIPCache, NameIPHosts, NameFrontends, NameSlots, NameBackends, NameRevNAT,
 		NamePolicy, NameEnforcement, NameConfig, NameCT, NameFlows, NameMetrics} {
 		if _, err := os.Stat(filepath.Join(root, name)); err != nil {
 			t.Errorf("pin of %s: %v", name, err)
@@ -91,14 +92,21 @@ func TestOpenRecreatesResizedMapAndMigrates(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	for i := range 5 { // host entries: the other half of the ipcache
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1, 0, byte(i)}), 32)
+		if err := m1.IPCache.Upsert(p, IPCacheEntry{Identity: 302}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	oldID := mapID(t, m1.IPCache.Map())
 	m1.Close()
 
 	cfg.IPCacheMaxEntries = 4096
 	m2 := openMaps(t, cfg)
 	rec := m2.Recreated()
-	if len(rec) != 1 || rec[0].Name != NameIPCache || rec[0].Migrated != 10 || rec[0].Lost != 0 {
-		t.Fatalf("Recreated = %+v, want ipcache with 10 migrated", rec)
+	if len(rec) != 2 || rec[0].Name != NameIPCache || rec[0].Migrated != 10 || rec[0].Lost != 0 ||
+		rec[1].Name != NameIPHosts || rec[1].Migrated != 5 {
+		t.Fatalf("Recreated = %+v, want ipcache with 10 and iphosts with 5 migrated", rec)
 	}
 	if !strings.Contains(rec[0].Reason, "MaxEntries") {
 		t.Errorf("reason %q does not name the size", rec[0].Reason)
@@ -122,7 +130,7 @@ func TestOpenRecreatesResizedMapAndMigrates(t *testing.T) {
 		t.Fatalf("temporary pin left behind: %v", err)
 	}
 	all, err := m2.IPCache.Dump()
-	if err != nil || len(all) != 10 {
+	if err != nil || len(all) != 15 {
 		t.Fatalf("dump after migration: %d entries, %v", len(all), err)
 	}
 }
@@ -200,7 +208,7 @@ func TestBpftoolDumpPinned(t *testing.T) {
 	root := bpftest.PinRoot(t)
 	bpftool, err := exec.LookPath("bpftool")
 	if err != nil {
-		t.Skip("bpftool not installed")
+		privileged.Unavailable(t, "bpftool is not installed (Debian package bpftool)")
 	}
 	m := openMaps(t, smallConfig(root))
 	if err := m.IPCache.Upsert(mustPrefix(t, "10.1.0.0/16"), IPCacheEntry{Identity: 196864, ClusterID: 3}); err != nil {

@@ -37,9 +37,12 @@ func (o *Options) Logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(o.Err, &slog.HandlerOptions{Level: level}))
 }
 
-// NewRootCommand returns the isthmus command with every subcommand.
-func NewRootCommand() *cobra.Command {
-	opts := &Options{Out: os.Stdout, Err: os.Stderr}
+// NewRootCommand returns the isthmus command with every subcommand,
+// writing to stdout and stderr.
+func NewRootCommand() *cobra.Command { return newRootCommand(os.Stdout, os.Stderr) }
+
+func newRootCommand(out, errOut io.Writer) *cobra.Command {
+	opts := &Options{Out: out, Err: errOut}
 	root := &cobra.Command{
 		Use:   "isthmus",
 		Short: "Connect Kubernetes clusters into one mesh",
@@ -55,6 +58,11 @@ cross-cluster policy written against labels.`,
 	// One line per top-level subcommand, each defined in its own file.
 	root.AddCommand(
 		newVersionCommand(opts),
+		newEnableCommand(opts),
+		newConnectCommand(opts),
+		newDisconnectCommand(opts),
+		newStatusCommand(opts),
+		newLabCommand(opts),
 	)
 	return root
 }
@@ -63,9 +71,17 @@ cross-cluster policy written against labels.`,
 func Main() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	cmd := NewRootCommand()
+	return Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+}
+
+// Run runs the command line with args, writing to out and errOut, and
+// returns the exit code: 0, the code of an ExitError, or 1 for any other
+// error, which it prints to errOut.
+func Run(ctx context.Context, args []string, out, errOut io.Writer) int {
+	cmd := newRootCommand(out, errOut)
+	cmd.SetArgs(args)
 	if err := cmd.ExecuteContext(ctx); err != nil {
-		fmt.Fprintf(cmd.ErrOrStderr(), "Error: %v\n", err)
+		fmt.Fprintf(errOut, "Error: %v\n", err)
 		var ee *ExitError
 		if errors.As(err, &ee) {
 			return ee.Code

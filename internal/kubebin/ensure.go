@@ -198,7 +198,7 @@ func (b builder) build(ctx context.Context, dir string) error {
 	cmd.SysProcAttr = dieWithParent()
 	cmd.WaitDelay = 10 * time.Second
 
-	fmt.Fprintf(b.progress, "kubebin: building %s %s from k8s.io/kubernetes (not yet in the cache %s); this happens once per version and takes about 4 minutes on an idle 2-core machine, longer when the CPU is busy\n",
+	fmt.Fprintf(b.progress, "kubebin: building %s %s from k8s.io/kubernetes (not yet in the cache %s); this happens once per version and takes 5 to 10 minutes on an idle 2-core machine, much longer when the CPU is busy\n",
 		componentNames(), b.version, dir)
 	start := time.Now()
 	err = runWithProgress(ctx, cmd, b.interval, func(elapsed time.Duration) {
@@ -212,6 +212,9 @@ func (b builder) build(ctx context.Context, dir string) error {
 		return fmt.Errorf("go build failed after %s: %w\n%s", elapsed, err, strings.TrimSpace(tail.String()))
 	}
 	if err := logFile.Close(); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil { // MkdirTemp made it private
 		return err
 	}
 	if err := os.Rename(tmp, dir); err != nil {

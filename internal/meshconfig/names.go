@@ -77,3 +77,7 @@ const (
 // apiserver keeps the etcd users in step, so a disconnect revokes access even
 // while the certificate is still valid.
 const RemoteReadersConfigMap = "isthmus-remote-readers"
+
+// APIServerService is the Service in front of the mesh apiserver's etcd
+// in Namespace; its in-cluster DNS names are in the server certificate.
+const APIServerService = "isthmus-apiserver"

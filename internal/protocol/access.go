@@ -80,5 +80,10 @@ func DecodeTimestamp(key string, value []byte) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, fmt.Errorf("%s: value %q is not an RFC 3339 time", key, value)
 	}
+	// RFC 3339 has four-digit years; an offset can push the UTC time out
+	// of them, and EncodeTimestamp could not write it back.
+	if y := t.UTC().Year(); y < 0 || y > 9999 {
+		return time.Time{}, fmt.Errorf("%s: value %q is out of the RFC 3339 range in UTC", key, value)
+	}
 	return t, nil
 }

@@ -1,6 +1,9 @@
 package protocol
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 // The fuzz tests feed arbitrary remote values to every decoder: none may
 // panic, and whatever a decoder accepts must encode and decode again to the
@@ -84,6 +87,28 @@ func FuzzDecodeClusterConfig(f *testing.F) {
 		}
 		if _, err := DecodeClusterConfig("c", c.Encode()); err != nil {
 			t.Fatalf("re-decode of accepted config: %v", err)
+		}
+	})
+}
+
+// FuzzDecodeTimestamp covers the heartbeat and synced-canary values readers
+// decode: whatever it accepts encodes and decodes to the same second.
+func FuzzDecodeTimestamp(f *testing.F) {
+	f.Add([]byte("2026-11-21T12:00:00Z"))
+	f.Add([]byte("2026-11-21T12:00:00.123456789+02:00"))
+	f.Add([]byte("not a time"))
+	f.Add([]byte("9999-12-31T23:59:59-23:59"))
+	f.Fuzz(func(t *testing.T, value []byte) {
+		ts, err := DecodeTimestamp(HeartbeatKey, value)
+		if err != nil {
+			return
+		}
+		back, err := DecodeTimestamp(HeartbeatKey, EncodeTimestamp(ts))
+		if err != nil {
+			t.Fatalf("re-decode of %q: %v", EncodeTimestamp(ts), err)
+		}
+		if !back.Equal(ts.Truncate(time.Second)) {
+			t.Fatalf("%q -> %v -> %v", value, ts, back)
 		}
 	})
 }

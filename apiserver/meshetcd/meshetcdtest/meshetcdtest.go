@@ -44,9 +44,12 @@ type Options struct {
 }
 
 // Start runs a mesh etcd for cluster with auth set up; t's cleanup stops
-// it.
+// it. Under -short it skips t: this is the integration tier.
 func Start(t testing.TB, cluster string, opts ...Options) *Env {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("integration tier (a real etcd); not run under -short")
+	}
 	var o Options
 	if len(opts) > 0 {
 		o = opts[0]

@@ -79,6 +79,22 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } isthmus_ipcache SEC(".maps");
 
+/*
+ * isthmus_iphosts: the ipcache's host entries (/32 and /128: pod IPs, most
+ * of the ipcache), in a hash keyed exactly like the trie with a full
+ * prefixlen. A host entry is the longest possible match, so lookups try it
+ * first and fall back to the trie, which then holds only shorter prefixes
+ * and stays shallow: the cost of a lookup does not grow with the number of
+ * pods. The Go side splits entries between the two maps.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+	__uint(max_entries, ISTHMUS_IPCACHE_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} isthmus_iphosts SEC(".maps");
+
 /* ------------------------------------------------------- global services */
 
 #define LB_AFFINITY_NONE   0 /* any backend */

@@ -22,5 +22,5 @@ func main() {
 		fmt.Fprintln(os.Stderr, "kube:", err)
 		os.Exit(1)
 	}
-	fmt.Printf("Kubernetes %s control-plane binaries in %s (ready in %s)\n", bins.Version, bins.Dir, time.Since(start).Round(time.Millisecond))
+	fmt.Printf("Kubernetes %s control-plane binaries in %s (ready in %s)\n", bins.Version, bins.Dir, time.Since(start).Round(10*time.Microsecond))
 }

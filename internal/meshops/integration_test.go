@@ -1,0 +1,691 @@
+package meshops
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/isthmus-mesh/isthmus/certs"
+	"github.com/isthmus-mesh/isthmus/internal/meshconfig"
+	"github.com/isthmus-mesh/isthmus/internal/meshops/meshopstest"
+	"github.com/isthmus-mesh/isthmus/internal/protocol"
+	"github.com/isthmus-mesh/isthmus/internal/testenv"
+)
+
+// Two clusters' control planes, shared by the tests of this binary. The
+// mesh objects live in the fixed namespace isthmus-system, so the tests
+// run one after another and each starts from an empty one.
+var (
+	kubeA = testenv.New(testenv.Options{})
+	kubeB = testenv.New(testenv.Options{})
+	// kubeC starts only for the tests of three clusters.
+	kubeC = testenv.New(testenv.Options{})
+)
+
+func TestMain(m *testing.M) { testenv.Main(m, kubeA, kubeB, kubeC) }
+
+// testCluster is one cluster of an integration test.
+type testCluster struct {
+	*Cluster
+	client kubernetes.Interface
+}
+
+// twoClusters returns clusters a and b with empty mesh namespaces and one
+// Node each, with pod CIDRs 10.1.0.0/24 and 10.2.0.0/24.
+func twoClusters(t testing.TB) (a, b testCluster) {
+	t.Helper()
+	return openTestCluster(t, kubeA, "ctx-a", "10.1.0.0/24"), openTestCluster(t, kubeB, "ctx-b", "10.2.0.0/24")
+}
+
+// openTestCluster opens env's cluster as context, with an empty mesh
+// namespace and a Node with pod CIDR cidr.
+func openTestCluster(t testing.TB, env *testenv.Env, context, cidr string) testCluster {
+	t.Helper()
+	k := env.Kube(t)
+	c, err := NewCluster(context, k.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resetMesh(t, k.Client)
+	t.Cleanup(func() { resetMesh(t, k.Client) })
+	addNode(t, k.Client, context+"-node", cidr)
+	return testCluster{Cluster: c, client: k.Client}
+}
+
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// resetMesh deletes every Secret and ConfigMap of the mesh namespace.
+func resetMesh(t testing.TB, client kubernetes.Interface) {
+	t.Helper()
+	ctx := context.Background()
+	ns := meshconfig.Namespace
+	if err := client.CoreV1().Secrets(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.CoreV1().ConfigMaps(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// addNode registers a Node with a pod CIDR until the test ends.
+func addNode(t testing.TB, client kubernetes.Interface, name, cidr string) {
+	t.Helper()
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.NodeSpec{PodCIDR: cidr, PodCIDRs: []string{cidr}}}
+	if _, err := client.CoreV1().Nodes().Create(context.Background(), n, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+}
+
+// meshObjects returns the data of every Secret and ConfigMap in the mesh
+// namespace, by "kind/name", and their resourceVersions.
+func meshObjects(t *testing.T, client kubernetes.Interface) (data map[string]map[string]string, versions map[string]string) {
+	t.Helper()
+	ctx := context.Background()
+	data, versions = map[string]map[string]string{}, map[string]string{}
+	secrets, err := client.CoreV1().Secrets(meshconfig.Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range secrets.Items {
+		d := map[string]string{}
+		for k, v := range s.Data {
+			d[k] = string(v)
+		}
+		data["Secret/"+s.Name], versions["Secret/"+s.Name] = d, s.ResourceVersion
+	}
+	cms, err := client.CoreV1().ConfigMaps(meshconfig.Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cms.Items {
+		d := maps.Clone(c.Data)
+		if d == nil {
+			d = map[string]string{}
+		}
+		data["ConfigMap/"+c.Name], versions["ConfigMap/"+c.Name] = d, c.ResourceVersion
+	}
+	return data, versions
+}
+
+func enable(t testing.TB, c testCluster, name string, id uint32, endpoints ...string) *EnableResult {
+	t.Helper()
+	res, err := Enable(testCtx(t), c.Cluster, EnableOptions{ClusterName: name, ClusterID: id, MeshEndpoints: endpoints})
+	if err != nil {
+		t.Fatalf("enable %s: %v", name, err)
+	}
+	return res
+}
+
+func getSecret(t *testing.T, client kubernetes.Interface, name string) *corev1.Secret {
+	t.Helper()
+	s, err := client.CoreV1().Secrets(meshconfig.Namespace).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestEnable(t *testing.T) {
+	a, _ := twoClusters(t)
+	res, err := Enable(testCtx(t), a.Cluster, EnableOptions{ClusterName: "a", ClusterID: 7, MeshEndpoints: []string{"https://mesh-a.example:32379"}, ServerSANs: []string{"10.9.9.9"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Changes) == 0 || len(res.Notes) != 0 {
+		t.Errorf("changes %v, notes %v", res.Changes, res.Notes)
+	}
+
+	caSecret := getSecret(t, a.client, meshconfig.CASecret)
+	ca, err := certs.LoadCA(caSecret.Data["tls.crt"], caSecret.Data["tls.key"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(secret, cn string, usage x509.ExtKeyUsage) *x509.Certificate {
+		t.Helper()
+		s := getSecret(t, a.client, secret)
+		cert, reason := keepable(ca, s.Data["tls.crt"], s.Data["tls.key"], cn, usage, time.Now())
+		if reason != "" {
+			t.Fatalf("Secret %s: %s", secret, reason)
+		}
+		if string(s.Data["ca.crt"]) != string(ca.CertPEM()) || s.Type != corev1.SecretTypeTLS {
+			t.Errorf("Secret %s: type %s, ca.crt is not the CA", secret, s.Type)
+		}
+		return cert
+	}
+	server := check(meshconfig.ServerCertSecret, certs.ServerCommonName, x509.ExtKeyUsageServerAuth)
+	for _, name := range []string{"isthmus-apiserver.isthmus-system.svc", "isthmus-apiserver.isthmus-system.svc.cluster.local", "localhost", "mesh-a.example"} {
+		if err := server.VerifyHostname(name); err != nil {
+			t.Errorf("server certificate: %v", err)
+		}
+	}
+	for _, ip := range []string{"127.0.0.1", "10.9.9.9"} {
+		if err := server.VerifyHostname(ip); err != nil {
+			t.Errorf("server certificate: %v", err)
+		}
+	}
+	check(meshconfig.AdminCertSecret, "admin-a", x509.ExtKeyUsageClientAuth)
+	local := getSecret(t, a.client, meshconfig.LocalCertSecret)
+	check(meshconfig.LocalCertSecret, "local-a", x509.ExtKeyUsageClientAuth)
+
+	cm, err := a.client.CoreV1().ConfigMaps(meshconfig.Namespace).Get(context.Background(), meshconfig.ConfigMapName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"cluster-name": "a", "cluster-id": "7", "max-connected-clusters": "255", "mesh-endpoints": "https://mesh-a.example:32379"}
+	if !maps.Equal(cm.Data, want) {
+		t.Errorf("isthmus-config = %v, want %v", cm.Data, want)
+	}
+	entries, errs := meshconfig.ParseEntries(getSecret(t, a.client, meshconfig.ClusterMeshSecret).Data)
+	own := meshconfig.ClusterEntry{Cluster: "a", Endpoints: []string{"https://mesh-a.example:32379"}, CA: ca.CertPEM(), Cert: local.Data["tls.crt"], Key: local.Data["tls.key"]}
+	if len(errs) != 0 || len(entries) != 1 || !entries["a"].Equal(own) {
+		t.Errorf("clustermesh entries %v, %v; want only the own entry", entries, errs)
+	}
+
+	// Again: nothing changes.
+	_, before := meshObjects(t, a.client)
+	res, err = Enable(testCtx(t), a.Cluster, EnableOptions{ClusterName: "a", ClusterID: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, after := meshObjects(t, a.client); len(res.Changes) != 0 || !maps.Equal(before, after) {
+		t.Errorf("second enable changed %v; versions %v -> %v", res.Changes, before, after)
+	}
+}
+
+func TestEnableRefusesToChangeIdentity(t *testing.T) {
+	a, _ := twoClusters(t)
+	enable(t, a, "a", 1)
+	_, before := meshObjects(t, a.client)
+	for _, opts := range []EnableOptions{
+		{ClusterName: "a", ClusterID: 2},
+		{ClusterName: "x", ClusterID: 1},
+		{ClusterName: "a", ClusterID: 1, MaxConnectedClusters: 511},
+	} {
+		_, err := Enable(testCtx(t), a.Cluster, opts)
+		if !errors.Is(err, ErrAlreadyEnabledOtherwise) {
+			t.Fatalf("enable %+v: %v", opts, err)
+		}
+		t.Log(err)
+	}
+	_, err := Enable(testCtx(t), a.Cluster, EnableOptions{ClusterName: "a", ClusterID: 2})
+	if !strings.Contains(err.Error(), `cluster-id "1" (you asked for --cluster-id 2)`) {
+		t.Errorf("message does not name both IDs: %v", err)
+	}
+	if _, after := meshObjects(t, a.client); !maps.Equal(before, after) {
+		t.Errorf("a refused enable changed objects: %v -> %v", before, after)
+	}
+}
+
+func TestEnableKeepsTheCA(t *testing.T) {
+	a, _ := twoClusters(t)
+	ca, err := certs.NewCA("brought-along", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: meshconfig.CASecret, Namespace: meshconfig.Namespace}, Type: corev1.SecretTypeTLS,
+		Data: map[string][]byte{"tls.crt": ca.CertPEM(), "tls.key": ca.KeyPEM()}}
+	if _, err := a.client.CoreV1().Secrets(meshconfig.Namespace).Create(context.Background(), s, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	enable(t, a, "a", 1)
+	if got := getSecret(t, a.client, meshconfig.CASecret); string(got.Data["tls.crt"]) != string(ca.CertPEM()) {
+		t.Fatal("the CA was replaced")
+	}
+	if _, reason := keepable(ca, getSecret(t, a.client, meshconfig.LocalCertSecret).Data["tls.crt"], getSecret(t, a.client, meshconfig.LocalCertSecret).Data["tls.key"], "local-a", x509.ExtKeyUsageClientAuth, time.Now()); reason != "" {
+		t.Errorf("local certificate not from the existing CA: %s", reason)
+	}
+
+	// A CA Secret that holds no CA is reported and left alone.
+	resetMesh(t, a.client)
+	s.Data = map[string][]byte{"tls.crt": []byte("garbage"), "tls.key": ca.KeyPEM()}
+	if _, err := a.client.CoreV1().Secrets(meshconfig.Namespace).Create(context.Background(), s, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	_, before := meshObjects(t, a.client)
+	_, err = Enable(testCtx(t), a.Cluster, EnableOptions{ClusterName: "a", ClusterID: 1})
+	if err == nil || !strings.Contains(err.Error(), "holds no usable CA") {
+		t.Fatalf("enable over a broken CA Secret: %v", err)
+	}
+	if _, after := meshObjects(t, a.client); !maps.Equal(before, after) {
+		t.Errorf("objects changed: %v -> %v", before, after)
+	}
+}
+
+func TestEnableRenewsAndAddsNames(t *testing.T) {
+	a, _ := twoClusters(t)
+	enable(t, a, "a", 1)
+	caSecret := getSecret(t, a.client, meshconfig.CASecret)
+	ca, err := certs.LoadCA(caSecret.Data["tls.crt"], caSecret.Data["tls.key"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The admin certificate is due: issued 300 days ago for a year.
+	due, err := ca.Issue(certs.Request{CommonName: "admin-a", Usage: certs.UsageClient, NotBefore: time.Now().Add(-300 * 24 * time.Hour), Validity: 365 * 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := getSecret(t, a.client, meshconfig.AdminCertSecret)
+	s.Data["tls.crt"], s.Data["tls.key"] = due.CertPEM, due.KeyPEM
+	if _, err := a.client.CoreV1().Secrets(meshconfig.Namespace).Update(context.Background(), s, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	localBefore := getSecret(t, a.client, meshconfig.LocalCertSecret).ResourceVersion
+	res, err := Enable(testCtx(t), a.Cluster, EnableOptions{ClusterName: "a", ClusterID: 1, ServerSANs: []string{"mesh.example"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var changed []string
+	for _, c := range res.Changes {
+		changed = append(changed, c.Object)
+	}
+	slices.Sort(changed)
+	if want := []string{"Secret isthmus-system/isthmus-apiserver-admin-cert", "Secret isthmus-system/isthmus-apiserver-server-cert"}; !slices.Equal(changed, want) {
+		t.Errorf("changed %v, want %v", changed, want)
+	}
+	if getSecret(t, a.client, meshconfig.LocalCertSecret).ResourceVersion != localBefore {
+		t.Error("the local certificate, still good, was reissued")
+	}
+	server, err := certs.ParseCertificate(getSecret(t, a.client, meshconfig.ServerCertSecret).Data["tls.crt"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if server.VerifyHostname("mesh.example") != nil || server.VerifyHostname("isthmus-apiserver.isthmus-system.svc") != nil {
+		t.Errorf("server certificate names %v", server.DNSNames)
+	}
+	// Names only accumulate: enable without --server-san keeps it.
+	if res := enable(t, a, "a", 1); len(res.Changes) != 0 {
+		t.Errorf("enable without the SAN changed %v", res.Changes)
+	}
+}
+
+// connected enables a and b, runs their mesh etcds and connects them.
+func connected(t testing.TB, a, b testCluster) (etcdA, etcdB *meshopstest.MeshEtcd) {
+	t.Helper()
+	enable(t, a, "a", 1)
+	enable(t, b, "b", 2)
+	etcdA = meshopstest.StartForCluster(t, a.client)
+	etcdB = meshopstest.StartForCluster(t, b.client)
+	var progress []string
+	res, err := Connect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, ConnectOptions{Progress: func(m string) { progress = append(progress, m) }})
+	if err != nil {
+		t.Fatalf("connect: %v\nnotes: %v", err, res.Notes)
+	}
+	if len(progress) == 0 {
+		t.Error("no progress reported")
+	}
+	want := []Connection{{"a", "ctx-a", "b", "ctx-b"}, {"b", "ctx-b", "a", "ctx-a"}}
+	if !slices.Equal(res.Connections, want) {
+		t.Errorf("connections %v, want %v", res.Connections, want)
+	}
+	etcdA.SyncReaders(t, a.client)
+	etcdB.SyncReaders(t, b.client)
+	return etcdA, etcdB
+}
+
+// entryClient dials the cluster that entry names with the entry's
+// certificate, as an agent does.
+func entryClient(t *testing.T, client kubernetes.Interface, cluster string) (meshconfig.ClusterEntry, bool) {
+	t.Helper()
+	entries, errs := meshconfig.ParseEntries(getSecret(t, client, meshconfig.ClusterMeshSecret).Data)
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	e, ok := entries[cluster]
+	return e, ok
+}
+
+func TestConnectAndDisconnect(t *testing.T) {
+	a, b := twoClusters(t)
+	enable(t, a, "a", 1)
+	enable(t, b, "b", 2)
+	etcdA := meshopstest.StartForCluster(t, a.client)
+	etcdB := meshopstest.StartForCluster(t, b.client)
+	// Publishing the endpoints after enable leaves the own entries to
+	// connect.
+	beforeA, _ := meshObjects(t, a.client)
+	beforeB, _ := meshObjects(t, b.client)
+	if _, ok := beforeA["Secret/"+meshconfig.ClusterMeshSecret]; ok {
+		t.Fatal("enable without an endpoint wrote a clustermesh Secret")
+	}
+
+	res, err := Connect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, ConnectOptions{})
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Logf("connect wrote %v", res.Changes)
+	for _, side := range []struct {
+		self, other     testCluster
+		name, otherName string
+		etcdOther       *meshopstest.MeshEtcd
+		etcdSelf        *meshopstest.MeshEtcd
+	}{
+		{a, b, "a", "b", etcdB, etcdA},
+		{b, a, "b", "a", etcdA, etcdB},
+	} {
+		readers, err := side.other.client.CoreV1().ConfigMaps(meshconfig.Namespace).Get(context.Background(), meshconfig.RemoteReadersConfigMap, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := map[string]string{side.name: "remote-" + side.name}; !maps.Equal(readers.Data, want) {
+			t.Errorf("remote readers of %s = %v, want %v", side.otherName, readers.Data, want)
+		}
+		e, ok := entryClient(t, side.self.client, side.otherName)
+		if !ok {
+			t.Fatalf("%s has no entry for %s", side.name, side.otherName)
+		}
+		if !slices.Equal(e.Endpoints, []string{side.etcdOther.Endpoint}) || string(e.CA) != string(side.etcdOther.CA.CertPEM()) {
+			t.Errorf("entry %s in %s: endpoints %v", side.otherName, side.name, e.Endpoints)
+		}
+		if _, reason := keepable(side.etcdOther.CA, e.Cert, e.Key, "remote-"+side.name, x509.ExtKeyUsageClientAuth, time.Now()); reason != "" {
+			t.Errorf("entry %s in %s: certificate %s", side.otherName, side.name, reason)
+		}
+		if _, ok := entryClient(t, side.self.client, side.name); !ok {
+			t.Errorf("%s has no own entry", side.name)
+		}
+	}
+
+	// The apiserver of each side creates the granted users; then the
+	// issued certificate reads the remote state, and may not write.
+	etcdA.SyncReaders(t, a.client)
+	etcdB.SyncReaders(t, b.client)
+	e, _ := entryClient(t, a.client, "b")
+	cli := meshopstest.Dial(t, e.Endpoints[0], e.CA, e.Cert, e.Key)
+	ctx := testCtx(t)
+	got, err := cli.Get(ctx, protocol.NodeKey("b", "node-1"))
+	if err != nil || len(got.Kvs) != 1 {
+		t.Fatalf("a reads b's nodes: %v, %v", got, err)
+	}
+	if _, err := cli.Get(ctx, protocol.ClusterConfigKey("b")); err != nil {
+		t.Errorf("a reads b's cluster config: %v", err)
+	}
+	if _, err := cli.Put(ctx, protocol.NodeKey("b", "intruder"), "{}"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+		t.Errorf("a writes into b: %v, want permission denied", err)
+	}
+	own, _ := entryClient(t, a.client, "a")
+	if got, err := meshopstest.Dial(t, own.Endpoints[0], own.CA, own.Cert, own.Key).Get(ctx, protocol.NodeKey("a", "node-1")); err != nil || len(got.Kvs) != 1 {
+		t.Errorf("a's agents read a's own state: %v, %v", got, err)
+	}
+
+	// Twice: nothing changes.
+	_, versionsA := meshObjects(t, a.client)
+	_, versionsB := meshObjects(t, b.client)
+	res, err = Connect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, ConnectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, againA := meshObjects(t, a.client)
+	_, againB := meshObjects(t, b.client)
+	if len(res.Changes) != 0 || !maps.Equal(versionsA, againA) || !maps.Equal(versionsB, againB) {
+		t.Errorf("second connect changed %v", res.Changes)
+	}
+
+	// Disconnect removes exactly what connect added (the own entries
+	// stay: connect only completed them), and revokes the access.
+	res, err = Disconnect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, DisconnectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Changes) != 4 {
+		t.Errorf("disconnect changed %v, want 2 Secrets and 2 ConfigMaps", res.Changes)
+	}
+	for _, side := range []struct {
+		c      testCluster
+		name   string
+		before map[string]map[string]string
+	}{{a, "a", beforeA}, {b, "b", beforeB}} {
+		after, _ := meshObjects(t, side.c.client)
+		if readers := after["ConfigMap/"+meshconfig.RemoteReadersConfigMap]; len(readers) != 0 {
+			t.Errorf("%s still grants %v", side.name, readers)
+		}
+		delete(after, "ConfigMap/"+meshconfig.RemoteReadersConfigMap)
+		entries, _ := meshconfig.ParseEntries(toBytes(after["Secret/"+meshconfig.ClusterMeshSecret]))
+		if len(entries) != 1 || entries[side.name].Cluster != side.name {
+			t.Errorf("%s's entries after disconnect: %v", side.name, slices.Collect(maps.Keys(entries)))
+		}
+		delete(after, "Secret/"+meshconfig.ClusterMeshSecret)
+		if !maps.EqualFunc(side.before, after, maps.Equal) {
+			t.Errorf("%s: objects other than the connection's changed", side.name)
+		}
+	}
+	etcdB.SyncReaders(t, b.client)
+	if _, err := cli.Get(ctx, protocol.NodeKey("b", "node-1")); err == nil {
+		t.Error("a's certificate still reads b after disconnect")
+	}
+	res, err = Disconnect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, DisconnectOptions{})
+	if err != nil || len(res.Changes) != 0 {
+		t.Errorf("second disconnect: %v, %v", res.Changes, err)
+	}
+}
+
+func toBytes(m map[string]string) map[string][]byte {
+	out := map[string][]byte{}
+	for k, v := range m {
+		out[k] = []byte(v)
+	}
+	return out
+}
+
+func TestConnectRenewsOnlyWhatIsDue(t *testing.T) {
+	a, b := twoClusters(t)
+	connected(t, a, b)
+	// Make a's certificate for b due: issued 300 days ago for a year.
+	secret := getSecret(t, a.client, meshconfig.ClusterMeshSecret)
+	entries, _ := meshconfig.ParseEntries(secret.Data)
+	caB, err := certs.LoadCA(getSecret(t, b.client, meshconfig.CASecret).Data["tls.crt"], getSecret(t, b.client, meshconfig.CASecret).Data["tls.key"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	due, err := caB.Issue(certs.Request{CommonName: "remote-a", NotBefore: time.Now().Add(-300 * 24 * time.Hour), Validity: 365 * 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := entries["b"]
+	e.Cert, e.Key = due.CertPEM, due.KeyPEM
+	if err := meshconfig.PutEntry(secret.Data, e); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.client.CoreV1().Secrets(meshconfig.Namespace).Update(context.Background(), secret, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	_, versionsB := meshObjects(t, b.client)
+	res, err := Connect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, ConnectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Changes) != 1 || res.Changes[0].Context != "ctx-a" {
+		t.Errorf("changes %v, want a's clustermesh Secret only", res.Changes)
+	}
+	if _, after := meshObjects(t, b.client); !maps.Equal(versionsB, after) {
+		t.Error("b changed")
+	}
+	renewed, _ := entryClient(t, a.client, "b")
+	if string(renewed.Cert) == string(due.CertPEM) {
+		t.Error("the due certificate was kept")
+	}
+}
+
+// TestConnectRefuses checks that every refused connect writes nothing.
+func TestConnectRefuses(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, a, b testCluster) ConnectOptions
+		want  string
+	}{
+		{"not enabled", func(t *testing.T, a, b testCluster) ConnectOptions {
+			enable(t, a, "a", 1, "https://127.0.0.1:1")
+			return ConnectOptions{}
+		}, "run `isthmus enable --context ctx-b --cluster-name <name> --cluster-id <id>` first"},
+		{"duplicate cluster ID", func(t *testing.T, a, b testCluster) ConnectOptions {
+			enable(t, a, "a", 1, "https://127.0.0.1:1")
+			enable(t, b, "b", 1, "https://127.0.0.1:1")
+			return ConnectOptions{}
+		}, `cluster "a" (context "ctx-a") and cluster "b" (context "ctx-b") both have cluster ID 1`},
+		{"overlapping pod CIDRs", func(t *testing.T, a, b testCluster) ConnectOptions {
+			enable(t, a, "a", 1, "https://127.0.0.1:1")
+			enable(t, b, "b", 2, "https://127.0.0.1:1")
+			addNode(t, b.client, "ctx-b-node-2", "10.1.0.128/25")
+			return ConnectOptions{}
+		}, `pod CIDR 10.1.0.0/24 of cluster "a" (context "ctx-a") overlaps pod CIDR 10.1.0.128/25 of cluster "b" (context "ctx-b")`},
+		{"unreachable endpoint", func(t *testing.T, a, b testCluster) ConnectOptions {
+			enable(t, a, "a", 1)
+			enable(t, b, "b", 2)
+			meshopstest.StartForCluster(t, a.client)
+			meshopstest.PublishEndpoints(t, b.client, "https://127.0.0.1:1")
+			return ConnectOptions{EndpointTimeout: time.Second}
+		}, `no mesh endpoint of cluster "b" (context "ctx-b") answers: https://127.0.0.1:1: connection refused`},
+		{"endpoint of another cluster", func(t *testing.T, a, b testCluster) ConnectOptions {
+			enable(t, a, "a", 1)
+			enable(t, b, "b", 2)
+			etcdA := meshopstest.StartForCluster(t, a.client)
+			meshopstest.PublishEndpoints(t, b.client, etcdA.Endpoint)
+			return ConnectOptions{}
+		}, "presents a certificate not signed by the mesh CA of cluster \"b\""},
+		{"no endpoint", func(t *testing.T, a, b testCluster) ConnectOptions {
+			enable(t, a, "a", 1, "https://127.0.0.1:1")
+			enable(t, b, "b", 2)
+			return ConnectOptions{SkipEndpointCheck: true}
+		}, `cluster "b" (context "ctx-b") publishes no mesh endpoint`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := twoClusters(t)
+			opts := tc.setup(t, a, b)
+			_, beforeA := meshObjects(t, a.client)
+			_, beforeB := meshObjects(t, b.client)
+			_, err := Connect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, opts)
+			var ce *CheckError
+			if !errors.As(err, &ce) || !strings.Contains(err.Error(), tc.want) || !strings.HasSuffix(err.Error(), "Nothing was changed.") {
+				t.Fatalf("connect: %v\nwant a CheckError with %q", err, tc.want)
+			}
+			_, afterA := meshObjects(t, a.client)
+			_, afterB := meshObjects(t, b.client)
+			if !maps.Equal(beforeA, afterA) || !maps.Equal(beforeB, afterB) {
+				t.Errorf("objects changed: a %v -> %v, b %v -> %v", beforeA, afterA, beforeB, afterB)
+			}
+		})
+	}
+}
+
+func TestConnectSameClusterTwice(t *testing.T) {
+	a, _ := twoClusters(t)
+	enable(t, a, "a", 1, "https://127.0.0.1:1")
+	again, err := NewCluster("ctx-a-again", a.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Connect(testCtx(t), a.Cluster, []*Cluster{again}, ConnectOptions{})
+	if err == nil || !strings.Contains(err.Error(), `contexts "ctx-a" and "ctx-a-again" are the same cluster`) {
+		t.Fatalf("connect to itself: %v", err)
+	}
+}
+
+func TestForget(t *testing.T) {
+	a, b := twoClusters(t)
+	connected(t, a, b)
+	_, versionsB := meshObjects(t, b.client)
+	if _, err := Forget(testCtx(t), a.Cluster, []string{"a"}, DisconnectOptions{}); err == nil || !strings.Contains(err.Error(), "never removed") {
+		t.Errorf("forget the own entry: %v", err)
+	}
+	res, err := Forget(testCtx(t), a.Cluster, []string{"b"}, DisconnectOptions{})
+	if err != nil || len(res.Changes) != 1 || len(res.Connections) != 1 {
+		t.Fatalf("forget b: %+v, %v", res, err)
+	}
+	if _, ok := entryClient(t, a.client, "b"); ok {
+		t.Error("a still has an entry for b")
+	}
+	if _, ok := entryClient(t, a.client, "a"); !ok {
+		t.Error("a lost its own entry")
+	}
+	if _, after := meshObjects(t, b.client); !maps.Equal(versionsB, after) {
+		t.Error("forget changed b")
+	}
+	if res, err := Forget(testCtx(t), a.Cluster, []string{"b"}, DisconnectOptions{}); err != nil || len(res.Changes) != 0 {
+		t.Errorf("forget again: %+v, %v", res, err)
+	}
+}
+
+// BenchmarkConnectAgain is a connect of two connected clusters: every read
+// and check, the endpoint probes, and no write.
+func BenchmarkConnectAgain(b *testing.B) {
+	a, c := twoClusters(b)
+	connected(b, a, c)
+	ctx := testCtx(b)
+	for b.Loop() {
+		res, err := Connect(ctx, a.Cluster, []*Cluster{c.Cluster}, ConnectOptions{})
+		if err != nil || len(res.Changes) != 0 {
+			b.Fatalf("connect: %v, %v", res.Changes, err)
+		}
+	}
+}
+
+// TestConnectFullMesh connects three clusters in mesh mode, then removes
+// one direction with a unicast disconnect.
+func TestConnectFullMesh(t *testing.T) {
+	a, b := twoClusters(t)
+	c := openTestCluster(t, kubeC, "ctx-c", "10.3.0.0/24")
+	clusters := map[string]testCluster{"a": a, "b": b, "c": c}
+	for i, name := range []string{"a", "b", "c"} {
+		enable(t, clusters[name], name, uint32(i+1))
+		meshopstest.StartForCluster(t, clusters[name].client)
+	}
+	res, err := Connect(testCtx(t), a.Cluster, []*Cluster{b.Cluster, c.Cluster}, ConnectOptions{Mode: FullMesh})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Connections) != 6 {
+		t.Errorf("connections %v, want 6", res.Connections)
+	}
+	readers := func(tc testCluster) []string {
+		cm, err := tc.client.CoreV1().ConfigMaps(meshconfig.Namespace).Get(context.Background(), meshconfig.RemoteReadersConfigMap, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return slices.Sorted(maps.Keys(cm.Data))
+	}
+	entryNames := func(tc testCluster) []string {
+		entries, _ := meshconfig.ParseEntries(getSecret(t, tc.client, meshconfig.ClusterMeshSecret).Data)
+		return slices.Sorted(maps.Keys(entries))
+	}
+	for name, tc := range clusters {
+		var others []string
+		for o := range clusters {
+			if o != name {
+				others = append(others, o)
+			}
+		}
+		slices.Sort(others)
+		if got := readers(tc); !slices.Equal(got, others) {
+			t.Errorf("%s grants %v, want %v", name, got, others)
+		}
+		if got := entryNames(tc); !slices.Equal(got, []string{"a", "b", "c"}) {
+			t.Errorf("%s reads %v, want every cluster", name, got)
+		}
+	}
+
+	if _, err := Disconnect(testCtx(t), b.Cluster, []*Cluster{c.Cluster}, DisconnectOptions{Mode: Unicast}); err != nil {
+		t.Fatal(err)
+	}
+	if got := entryNames(b); !slices.Equal(got, []string{"a", "b"}) {
+		t.Errorf("b reads %v after b -/-> c", got)
+	}
+	if got := readers(c); !slices.Equal(got, []string{"a"}) {
+		t.Errorf("c grants %v after b -/-> c", got)
+	}
+	if got := entryNames(c); !slices.Equal(got, []string{"a", "b", "c"}) {
+		t.Errorf("c reads %v; the other direction must stay", got)
+	}
+}
