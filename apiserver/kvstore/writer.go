@@ -2,6 +2,7 @@ package kvstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"log/slog"
@@ -9,7 +10,10 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/isthmus-mesh/isthmus/internal/logfields"
 )
@@ -368,25 +372,96 @@ func (w *Writer) commitBatch(ctx context.Context) error {
 	now := time.Now()
 
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	m := w.cfg.Metrics
 	if m.TxnDuration != nil {
 		m.TxnDuration.Observe(now.Sub(start).Seconds())
 	}
-	if err != nil {
-		if m.WriteErrors != nil {
-			m.WriteErrors.Inc()
-		}
-		// Back to pending, unless a newer change took their place.
-		for k, o := range w.inflight {
-			if _, newer := w.pending[k]; !newer {
-				w.pending[k] = o
-			}
-		}
+	if err == nil {
+		w.committed(now, w.inflight)
 		clear(w.inflight)
+		w.mu.Unlock()
+		return nil
+	}
+	if m.WriteErrors != nil {
+		m.WriteErrors.Inc()
+	}
+	if !refused(err) {
+		w.requeueInflight()
+		w.mu.Unlock()
 		return fmt.Errorf("commit %d changes: %w", len(ops), err)
 	}
+	w.mu.Unlock()
+	// Something in the batch can never be written; find it by writing
+	// each change alone, so the others go through.
+	w.commitEach(ctx)
+	return nil
+}
+
+// refused reports whether etcd refuses a transaction for what it holds,
+// not for its own state: retrying the same changes would fail again.
+func refused(err error) bool {
+	if errors.Is(err, rpctypes.ErrRequestTooLarge) || errors.Is(err, rpctypes.ErrTooManyOps) {
+		return true
+	}
+	// gRPC refuses messages above the client's limit before sending.
+	return status.Code(err) == codes.ResourceExhausted && !errors.Is(err, rpctypes.ErrNoSpace)
+}
+
+// requeueInflight puts the changes in flight back to pending, unless a
+// newer change took their place. Callers hold w.mu.
+func (w *Writer) requeueInflight() {
 	for k, o := range w.inflight {
+		if _, newer := w.pending[k]; !newer {
+			w.pending[k] = o
+		}
+	}
+	clear(w.inflight)
+}
+
+// commitEach commits the changes in flight one by one. A change etcd
+// refuses on its own is dropped with an error log: the key keeps its old
+// value, and the others are not held up by it. A change failing for
+// another reason goes back to pending.
+func (w *Writer) commitEach(ctx context.Context) {
+	w.mu.Lock()
+	keys := make([]string, 0, len(w.inflight))
+	for k := range w.inflight {
+		keys = append(keys, k)
+	}
+	w.mu.Unlock()
+	for _, k := range keys {
+		w.mu.Lock()
+		o := w.inflight[k]
+		w.mu.Unlock()
+		txnOp := clientv3.OpDelete(k)
+		if !o.del() {
+			txnOp = clientv3.OpPut(k, string(o.value))
+		}
+		_, err := w.cli.Txn(ctx).Then(txnOp).Commit()
+		w.mu.Lock()
+		switch {
+		case err == nil:
+			w.committed(time.Now(), map[string]op{k: o})
+			delete(w.inflight, k)
+		case refused(err):
+			w.logger.Error("etcd refuses a change; dropping it, the key keeps its old value", logfields.Key, k, "bytes", len(o.value), logfields.Error, err)
+			if m := w.cfg.Metrics; m.WriteErrors != nil {
+				m.WriteErrors.Inc()
+			}
+			delete(w.inflight, k)
+			w.resolve(k, o.seq)
+		}
+		w.mu.Unlock()
+	}
+	w.mu.Lock()
+	w.requeueInflight()
+	w.mu.Unlock()
+}
+
+// committed records changes etcd committed. Callers hold w.mu.
+func (w *Writer) committed(now time.Time, ops map[string]op) {
+	m := w.cfg.Metrics
+	for k, o := range ops {
 		_, existed := w.written[k]
 		if o.del() {
 			delete(w.written, k)
@@ -405,8 +480,6 @@ func (w *Writer) commitBatch(ctx context.Context) error {
 		w.resolve(k, o.seq)
 	}
 	if m.Writes != nil {
-		m.Writes.Add(float64(len(w.inflight)))
+		m.Writes.Add(float64(len(ops)))
 	}
-	clear(w.inflight)
-	return nil
 }

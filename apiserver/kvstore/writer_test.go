@@ -282,3 +282,34 @@ func eventually(t testing.TB, what string, cond func() bool) {
 		}
 	}
 }
+
+// A value etcd will never take (above its request size limit) is dropped
+// with a log line and a count; the changes batched with it are written.
+func TestWriterDropsRefusedChange(t *testing.T) {
+	env := meshetcdtest.Start(t, "c1")
+	ctx := ctxT(t)
+	m, tm := newTestMetrics()
+	w := kvstore.NewWriter(discard(), env.Admin, kvstore.WriterConfig{Metrics: m, MaxBytesPerTxn: 4 << 20})
+	huge := make([]byte, 1800<<10) // etcd's default limit is 1.5 MiB
+	for i := range 20 {
+		w.Put(fmt.Sprintf("cilium/state/x/%02d", i), []byte("v"), time.Time{})
+	}
+	w.Put("cilium/state/x/huge", huge, time.Time{})
+	run(t, w)
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := get(t, env.Admin, "cilium/state/x/")
+	if len(got) != 20 {
+		t.Fatalf("etcd holds %d keys, want the 20 small ones", len(got))
+	}
+	if _, ok := got["cilium/state/x/huge"]; ok {
+		t.Fatal("huge value written")
+	}
+	if n := testutil.ToFloat64(tm.errors); n < 2 {
+		t.Errorf("write errors = %v, want the batch and the dropped change counted", n)
+	}
+	if n := testutil.ToFloat64(tm.writes); n != 20 {
+		t.Errorf("writes = %v, want 20", n)
+	}
+}
