@@ -12,8 +12,10 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"github.com/isthmus-mesh/isthmus/apiserver/identity"
+	"github.com/isthmus-mesh/isthmus/internal/logfields"
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
 )
 
@@ -57,6 +59,9 @@ canaries are written.`,
 			if err != nil {
 				return err
 			}
+			// client-go logs through klog; send it to the same structured
+			// log (klog is process-wide, and so is this command).
+			klog.SetSlogLogger(logger.With(logfields.Component, "client-go"))
 			cfg.ClusterID, cfg.MaxConnectedClusters = clusterID, maxConn
 			// Name and ID first: the clearest error for the commonest
 			// mistake.
