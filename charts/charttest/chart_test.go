@@ -128,7 +128,8 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"service type", meshconfig.Namespace, values{"apiserver": map[string]any{"service": map[string]any{"type": "External"}}}, "/apiserver/service/type"},
 		{"http endpoint", meshconfig.Namespace, values{"apiserver": map[string]any{"advertiseEndpoints": []string{"http://10.0.0.1:2379"}}}, "/apiserver/advertiseEndpoints/0"},
 		{"cert-manager without a cluster name", meshconfig.Namespace, values{"certManager": map[string]any{"enabled": true}}, "certManager.enabled needs cluster.name"},
-		{"renewal after expiry", meshconfig.Namespace, values{"cluster": map[string]any{"name": "a"}, "certManager": map[string]any{"enabled": true, "duration": "24h", "renewBefore": "48h"}}, "must be shorter than certManager.duration"},
+		{"name without ID", meshconfig.Namespace, values{"cluster": map[string]any{"name": "east"}}, "set cluster.name and cluster.id together"},
+		{"renewal after expiry", meshconfig.Namespace, values{"cluster": map[string]any{"name": "a", "id": 1}, "certManager": map[string]any{"enabled": true, "duration": "24h", "renewBefore": "48h"}}, "must be shorter than certManager.duration"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := tryRender(t, tc.namespace, tc.values)

@@ -41,32 +41,23 @@ and the like: the values when set, else ConfigMap isthmus-config, which
 */}}
 {{- define "isthmus.clusterEnv" -}}
 {{- $c := .Values.cluster -}}
+{{- if and $c.name $c.id }}
 - name: ISTHMUS_CLUSTER_NAME
-{{- if $c.name }}
   value: {{ $c.name | quote }}
-{{- else }}
-  valueFrom:
-    configMapKeyRef:
-      name: isthmus-config
-      key: cluster-name
-{{- end }}
 - name: ISTHMUS_CLUSTER_ID
-{{- if $c.id }}
   value: {{ $c.id | toString | quote }}
-{{- else }}
-  valueFrom:
-    configMapKeyRef:
-      name: isthmus-config
-      key: cluster-id
-{{- end }}
 - name: ISTHMUS_MAX_CONNECTED_CLUSTERS
-{{- if $c.maxConnectedClusters }}
-  value: {{ $c.maxConnectedClusters | toString | quote }}
+  value: {{ $c.maxConnectedClusters | default 255 | toString | quote }}
+{{- else if or $c.name $c.id $c.maxConnectedClusters }}
+{{- fail "set cluster.name and cluster.id together (and cluster.maxConnectedClusters, default 255), or none of them to take all three from ConfigMap isthmus-system/isthmus-config, which `isthmus enable` writes" }}
 {{- else }}
+{{- range $env, $key := dict "ISTHMUS_CLUSTER_NAME" "cluster-name" "ISTHMUS_CLUSTER_ID" "cluster-id" "ISTHMUS_MAX_CONNECTED_CLUSTERS" "max-connected-clusters" }}
+- name: {{ $env }}
   valueFrom:
     configMapKeyRef:
       name: isthmus-config
-      key: max-connected-clusters
+      key: {{ $key }}
+{{- end }}
 {{- end }}
 {{- end -}}
 
