@@ -134,6 +134,12 @@ func (c *cluster) delete(t *testing.T, o *unstructured.Unstructured) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// No controllers run to finish a deletion (e.g. a PVC's protection
+	// finalizer); drop finalizers, as they would.
+	_, err = ri.Patch(ctx, o.GetName(), types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		t.Errorf("clear the finalizers of %s %s: %v", o.GetKind(), o.GetName(), err)
+	}
 	err = ri.Delete(ctx, o.GetName(), metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
 	if err != nil && !apierrors.IsNotFound(err) {
 		t.Errorf("delete %s %s: %v", o.GetKind(), o.GetName(), err)
