@@ -30,6 +30,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/lab/labtest"
 	"github.com/isthmus-mesh/isthmus/internal/lab/nsexec"
 	"github.com/isthmus-mesh/isthmus/internal/lab/topology"
+	"github.com/isthmus-mesh/isthmus/internal/lab/underlay"
 	"github.com/isthmus-mesh/isthmus/internal/privileged"
 )
 
@@ -290,6 +291,9 @@ func checkGone(t *testing.T, l *lab.Lab, hier cgroup.Hierarchy, pids []int) {
 	}
 	if ns, _ := nsexec.List(topology.NetnsPrefix(l.Name())); len(ns) != 0 {
 		t.Errorf("network namespaces left: %v", ns)
+	}
+	if left := underlay.WireGuardLeftovers(l.Topology); len(left) != 0 {
+		t.Errorf("WireGuard sockets left: %v", left)
 	}
 	links, err := netlink.LinkList()
 	if err != nil {
