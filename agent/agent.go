@@ -260,6 +260,10 @@ func New(logger *slog.Logger, cfg Config) (_ *Agent, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// The datapath: socket LB, WireGuard tunnel and the tunnel policy
+	// programs on it. The programs read the policy and enforcement maps
+	// (a.maps.Policy, a.maps.Enforcement) and allow everything until
+	// something fills them.
 	if err := a.newDatapath(); err != nil {
 		return nil, err
 	}

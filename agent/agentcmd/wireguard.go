@@ -27,8 +27,11 @@ func helperCommand(exe string, o *options) wireguard.HelperCommand {
 // newWireGuardDeviceCommand is the helper process that serves a userspace
 // WireGuard device for the agent (--wireguard-userspace-helper): the
 // device lives as long as this process, which outlives agent restarts. The
-// agent starts it, or adopts one running; it also runs as a container of
-// its own beside the agent's.
+// agent starts it, or adopts one running; it can also run as a container
+// of its own beside the agent's, where the agent's container restarts
+// would otherwise take it along. A helper keeps running the binary it was
+// started from: an upgraded agent adopts it as it is, and deleting the
+// device (ip link del) makes the agent start a new one.
 func newWireGuardDeviceCommand() *cobra.Command {
 	o := &options{}
 	var device string

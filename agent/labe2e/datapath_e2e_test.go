@@ -21,6 +21,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/isthmus-mesh/isthmus/agent/api/agentv1"
 	dpmaps "github.com/isthmus-mesh/isthmus/datapath/maps"
@@ -43,49 +44,21 @@ import (
 // drops and counts a denied flow and passes an allowed one; a pod's
 // connect to a global service's address lands on the remote backend
 // (socket LB); isthmus status reports both clusters ready from the agents'
-// MeshAgents; and restarting the agents during a steady request loop fails
-// no request.
+// MeshAgents; a deleted WireGuard device is made again; restarting the
+// agents during a steady request loop fails no request; and disconnecting
+// the clusters withdraws the peers and routes.
 func TestNodeDatapath(t *testing.T) {
-	if testing.Short() {
-		t.Skip("brings up a lab; skipped with -short")
-	}
-	privileged.Require(t)
-	requireTools(t, "wg", "curl", "ip")
-	bins := labtest.Build(t)
-	if bins.MeshAPIServer == "" {
-		t.Skip("this module has no cmd/isthmus-apiserver yet; the lab runs the mesh with it")
-	}
-	l := labtest.Up(t, bins, labtest.Options{Clusters: 2, NodesPerCluster: 1})
+	m := newMesh(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	c1, c2 := l.Topology.Clusters[0], l.Topology.Clusters[1]
-	n1, n2 := c1.Nodes[0], c2.Nodes[0]
-	k1, k2 := kubeClient(t, l, c1.Name), kubeClient(t, l, c2.Name)
-
-	// A client in cluster 1; a server and a server no policy allows in
-	// cluster 2; the global Service "server" in both, with its backend in
-	// cluster 2 only.
-	deploy(ctx, t, k1, "client")
-	deploy(ctx, t, k2, "server")
-	deploy(ctx, t, k2, "denied")
-	vip := globalService(ctx, t, k1, "server")
-	globalService(ctx, t, k2, "server")
-	client := runningPod(ctx, t, k1, "client")
-	server := runningPod(ctx, t, k2, "server")
-	denied := runningPod(ctx, t, k2, "denied")
+	l, bins := m.lab, m.bins
+	c1, c2, n1, n2, k1 := m.c1, m.c2, m.n1, m.n2, m.k1
+	client, server, denied, vip := m.client, m.server, m.denied, m.vip
 
 	if _, err := get(ctx, l, c1.Name, client.Name, podURL(server), 2*time.Second); err == nil {
 		t.Fatal("the client reached the other cluster's pod before the clusters were connected")
 	}
-	connect(ctx, t, l, c1.Name, c2.Name)
-	connected := time.Now()
-	var lastErr error
-	waitUntil(ctx, t, "the first cross-cluster request", func() bool {
-		r, err := get(ctx, l, c1.Name, client.Name, podURL(server), 2*time.Second)
-		lastErr = err
-		return err == nil && r.Pod == server.Name
-	}, func() string { return fmt.Sprint(lastErr) })
-	t.Logf("MEASURED: first cross-cluster request succeeded %v after connect returned", time.Since(connected).Round(10*time.Millisecond))
+	t.Logf("MEASURED: first cross-cluster request succeeded %v after connect returned", m.connect(ctx, t))
 
 	t.Run("isthmus status reports both clusters ready", func(t *testing.T) {
 		checkStatusReady(ctx, t, l, bins.Isthmus, c1.Name, c2.Name)
@@ -154,23 +127,116 @@ func TestNodeDatapath(t *testing.T) {
 	t.Run("restarting the agents fails no request", func(t *testing.T) {
 		checkRestarts(ctx, t, l, c1.Name, client.Name, "http://"+vip+"/", n1, n2)
 	})
+
+	t.Run("disconnecting withdraws the peers and routes", func(t *testing.T) {
+		m.disconnect(ctx, t)
+		if _, err := get(ctx, l, c1.Name, client.Name, podURL(server), 2*time.Second); err == nil {
+			t.Error("the client still reaches the other cluster's pod after the clusters were disconnected")
+		}
+	})
+}
+
+// disconnect undoes connect, as `isthmus disconnect` does.
+func disconnect(ctx context.Context, t testing.TB, l *lab.Lab, a, b string) {
+	t.Helper()
+	if _, err := meshops.Disconnect(ctx, meshopsCluster(t, l, a), []*meshops.Cluster{meshopsCluster(t, l, b)}, meshops.DisconnectOptions{}); err != nil {
+		t.Fatalf("disconnect %s and %s: %v", a, b, err)
+	}
+}
+
+func meshopsCluster(t testing.TB, l *lab.Lab, name string) *meshops.Cluster {
+	t.Helper()
+	cfg, err := l.RESTConfig(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := meshops.NewCluster(name, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// mesh is a lab of two clusters of one node each, with the real
+// isthmus-apiserver and isthmus-agent: a client pod in cluster 1; a
+// server and a pod no policy will allow in cluster 2; and the global
+// Service "server" in both, with its backend in cluster 2 only.
+type mesh struct {
+	lab                    *lab.Lab
+	bins                   labtest.Binaries
+	c1, c2                 topology.Cluster
+	n1, n2                 topology.Node
+	k1, k2                 kubernetes.Interface
+	client, server, denied corev1.Pod
+	// vip is the ClusterIP of the Service "server" in cluster 1.
+	vip string
+}
+
+func newMesh(tb testing.TB) *mesh {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skip("brings up a lab; skipped with -short")
+	}
+	privileged.Require(tb)
+	requireTools(tb, "wg", "curl", "ip")
+	bins := labtest.Build(tb)
+	if bins.MeshAPIServer == "" {
+		tb.Skip("this module has no cmd/isthmus-apiserver yet; the lab runs the mesh with it")
+	}
+	l := labtest.Up(tb, bins, labtest.Options{Clusters: 2, NodesPerCluster: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	m := &mesh{lab: l, bins: bins, c1: l.Topology.Clusters[0], c2: l.Topology.Clusters[1]}
+	m.n1, m.n2 = m.c1.Nodes[0], m.c2.Nodes[0]
+	m.k1, m.k2 = kubeClient(tb, l, m.c1.Name), kubeClient(tb, l, m.c2.Name)
+	deploy(ctx, tb, m.k1, "client")
+	deploy(ctx, tb, m.k2, "server")
+	deploy(ctx, tb, m.k2, "denied")
+	m.vip = globalService(ctx, tb, m.k1, "server")
+	globalService(ctx, tb, m.k2, "server")
+	m.client = runningPod(ctx, tb, m.k1, "client")
+	m.server = runningPod(ctx, tb, m.k2, "server")
+	m.denied = runningPod(ctx, tb, m.k2, "denied")
+	return m
+}
+
+// connect connects the clusters and returns how long after that the
+// client's first request to the server's pod succeeded. The requests
+// time out after half a second, which bounds the measurement's error (a
+// connect whose SYN met no route yet waits for TCP's one-second
+// retransmission instead).
+func (m *mesh) connect(ctx context.Context, tb testing.TB) time.Duration {
+	tb.Helper()
+	connect(ctx, tb, m.lab, m.c1.Name, m.c2.Name)
+	connected := time.Now()
+	var lastErr error
+	waitUntil(ctx, tb, "the first cross-cluster request", func() bool {
+		r, err := get(ctx, m.lab, m.c1.Name, m.client.Name, podURL(m.server), 500*time.Millisecond)
+		lastErr = err
+		return err == nil && r.Pod == m.server.Name
+	}, func() string { return fmt.Sprint(lastErr) })
+	return time.Since(connected).Round(10 * time.Millisecond)
+}
+
+// disconnect disconnects the clusters and waits until the client's node
+// has withdrawn the other cluster's peer and routes.
+func (m *mesh) disconnect(ctx context.Context, tb testing.TB) {
+	tb.Helper()
+	disconnect(ctx, tb, m.lab, m.c1.Name, m.c2.Name)
+	for _, n := range []topology.Node{m.n1, m.n2} {
+		var peers, routes string
+		waitUntil(ctx, tb, "the peer and routes of "+n.Name+" to go", func() bool {
+			peers, _ = inNode(ctx, n, "wg", "show", n.WireGuardDevice, "peers")
+			routes, _ = inNode(ctx, n, "ip", "route", "show", "dev", n.WireGuardDevice, "proto", "73")
+			return strings.TrimSpace(peers) == "" && strings.TrimSpace(routes) == ""
+		}, func() string { return fmt.Sprintf("peers %q, routes %q", peers, routes) })
+	}
 }
 
 // connect connects the clusters both ways, as `isthmus connect` does.
-func connect(ctx context.Context, t *testing.T, l *lab.Lab, a, b string) {
+func connect(ctx context.Context, t testing.TB, l *lab.Lab, a, b string) {
 	t.Helper()
-	cluster := func(name string) *meshops.Cluster {
-		cfg, err := l.RESTConfig(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := meshops.NewCluster(name, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-	if _, err := meshops.Connect(ctx, cluster(a), []*meshops.Cluster{cluster(b)}, meshops.ConnectOptions{}); err != nil {
+	if _, err := meshops.Connect(ctx, meshopsCluster(t, l, a), []*meshops.Cluster{meshopsCluster(t, l, b)}, meshops.ConnectOptions{}); err != nil {
 		t.Fatalf("connect %s and %s: %v", a, b, err)
 	}
 }
@@ -425,7 +491,6 @@ type requestLog struct {
 	partial []byte
 	ok      int
 	failed  []string
-	slowest time.Duration
 	times   []time.Duration
 	got     chan struct{} // capacity 1: a result arrived
 }
@@ -450,7 +515,6 @@ func (r *requestLog) Write(b []byte) (int, error) {
 		}
 		d := time.Duration(secs * float64(time.Second))
 		r.times = append(r.times, d)
-		r.slowest = max(r.slowest, d)
 		select {
 		case r.got <- struct{}{}:
 		default:
@@ -472,14 +536,29 @@ const requestLoop = `while [ ! -e "$1" ]; do
   sleep 0.05
 done`
 
-// checkRestarts restarts each node's agent while the client pod makes a
-// steady stream of requests to url, and checks that none failed and that
-// the restarted agents took their WireGuard devices over.
-func checkRestarts(ctx context.Context, t *testing.T, l *lab.Lab, cluster, pod, url string, nodes ...topology.Node) {
+// restartResult is what the request loop saw across agent restarts.
+type restartResult struct {
+	requests int
+	failed   []string
+	p50, max time.Duration
+	// serving and synced are, per restart, the time until the new agent
+	// served its API and until it completed its initial sync.
+	serving, synced []time.Duration
+	// recreated lists the nodes whose WireGuard device the restart made
+	// anew rather than taking it over.
+	recreated []string
+}
+
+// measureRestarts restarts each node's agent, one after the other, while
+// the client pod makes a steady stream of new connections to url, and
+// returns what the stream saw. Each restart lasts until the new agent has
+// completed its initial sync and the pruning after it.
+func measureRestarts(ctx context.Context, tb testing.TB, l *lab.Lab, cluster, pod, url string, nodes ...topology.Node) restartResult {
+	tb.Helper()
 	ifindex := func(n topology.Node) string {
 		out, err := inNode(ctx, n, "cat", "/sys/class/net/"+n.WireGuardDevice+"/ifindex")
 		if err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
 		return strings.TrimSpace(out)
 	}
@@ -487,66 +566,75 @@ func checkRestarts(ctx context.Context, t *testing.T, l *lab.Lab, cluster, pod, 
 	for _, n := range nodes {
 		before[n.Name] = ifindex(n)
 	}
-	stop := filepath.Join(t.TempDir(), "stop")
+	stop := filepath.Join(tb.TempDir(), "stop")
 	log := &requestLog{got: make(chan struct{}, 1)}
 	loopDone := make(chan error, 1)
 	go func() {
 		loopDone <- l.Exec(ctx, cluster, namespace, pod, []string{"sh", "-c", requestLoop, "sh", stop, url}, lab.Stdio{Stdout: log, Stderr: log})
 	}()
 	waitRequests := func(n int) {
-		t.Helper()
+		tb.Helper()
 		for log.count() < n {
 			select {
 			case <-log.got:
 			case err := <-loopDone:
-				t.Fatalf("request loop ended early: %v", err)
+				tb.Fatalf("request loop ended early: %v", err)
 			case <-ctx.Done():
-				t.Fatal(ctx.Err())
+				tb.Fatal(ctx.Err())
 			}
 		}
 	}
+	var res restartResult
 	waitRequests(20)
 	for _, n := range nodes {
-		begin, seen := time.Now(), log.count()
+		begin := time.Now()
 		if err := l.Restart(ctx, "isthmus-agent/"+n.Name); err != nil {
-			t.Fatalf("restart the agent of %s: %v", n.Name, err)
+			tb.Fatalf("restart the agent of %s: %v", n.Name, err)
 		}
-		serving := time.Since(begin)
-		// The loop goes on through the restarted agent's initial sync
-		// and the pruning that follows it.
-		api := agentAPI(t, l, n)
-		waitUntil(ctx, t, "the restarted agent on "+n.Name+" to complete its initial sync", func() bool {
+		res.serving = append(res.serving, time.Since(begin))
+		api := agentAPI(tb, l, n)
+		waitUntil(ctx, tb, "the restarted agent on "+n.Name+" to complete its initial sync, attach the tunnel policy and set its peer", func() bool {
 			st, err := api.Status(ctx, &agentv1.StatusRequest{})
-			return err == nil && st.InitialSyncDone && st.Started.AsTime().After(begin)
+			return err == nil && st.InitialSyncDone && st.Started.AsTime().After(begin) &&
+				st.Datapath.GetTunnelPolicyAttached() && st.Datapath.GetWireguard().GetPeers() == 1
 		}, func() string { return "" })
-		t.Logf("MEASURED: agent of %s restarted: serving its API after %v, initial sync done after %v; %d requests meanwhile",
-			n.Name, serving.Round(10*time.Millisecond), time.Since(begin).Round(10*time.Millisecond), log.count()-seen)
+		res.synced = append(res.synced, time.Since(begin))
 		waitRequests(log.count() + 10)
 	}
 	if err := os.WriteFile(stop, nil, 0o600); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	if err := <-loopDone; err != nil {
-		t.Errorf("request loop: %v", err)
+		tb.Errorf("request loop: %v", err)
 	}
 	log.mu.Lock()
 	times := slices.Clone(log.times)
-	slices.Sort(times)
-	t.Logf("MEASURED: %d requests across the restarts, %d failed; latency p50 %v, max %v",
-		len(times), len(log.failed), times[len(times)/2], log.slowest)
-	if len(log.failed) > 0 {
-		t.Errorf("%d of %d requests failed during the agent restarts: %q", len(log.failed), len(times), log.failed)
-	}
+	res.failed = slices.Clone(log.failed)
 	log.mu.Unlock()
-
+	slices.Sort(times)
+	res.requests, res.p50, res.max = len(times), times[len(times)/2], times[len(times)-1]
 	for _, n := range nodes {
-		if got := ifindex(n); got != before[n.Name] {
-			t.Errorf("WireGuard device of %s was re-created by the restart (ifindex %s, was %s); it should be taken over", n.Name, got, before[n.Name])
+		if ifindex(n) != before[n.Name] {
+			res.recreated = append(res.recreated, n.Name)
 		}
-		api := agentAPI(t, l, n)
-		waitUntil(ctx, t, "the restarted agent on "+n.Name+" to attach the tunnel policy and set its peer", func() bool {
-			st, err := api.Status(ctx, &agentv1.StatusRequest{})
-			return err == nil && st.Datapath.GetTunnelPolicyAttached() && st.Datapath.GetWireguard().GetPeers() == 1 && st.InitialSyncDone
-		}, func() string { return "" })
+	}
+	return res
+}
+
+// checkRestarts restarts each node's agent during a steady request loop
+// and checks that no request failed and that the restarted agents took
+// their WireGuard devices over.
+func checkRestarts(ctx context.Context, t *testing.T, l *lab.Lab, cluster, pod, url string, nodes ...topology.Node) {
+	res := measureRestarts(ctx, t, l, cluster, pod, url, nodes...)
+	for i, n := range nodes {
+		t.Logf("MEASURED: agent of %s restarted: serving its API after %v, initial sync done after %v",
+			n.Name, res.serving[i].Round(10*time.Millisecond), res.synced[i].Round(10*time.Millisecond))
+	}
+	t.Logf("MEASURED: %d requests across the restarts, %d failed; latency p50 %v, max %v", res.requests, len(res.failed), res.p50, res.max)
+	if len(res.failed) > 0 {
+		t.Errorf("%d of %d requests failed during the agent restarts: %q", len(res.failed), res.requests, res.failed)
+	}
+	if len(res.recreated) > 0 {
+		t.Errorf("the restarts re-created the WireGuard devices of %v; they should be taken over", res.recreated)
 	}
 }

@@ -36,7 +36,7 @@ const (
 	serverPort = 8080
 )
 
-func requireTools(t *testing.T, tools ...string) {
+func requireTools(t testing.TB, tools ...string) {
 	t.Helper()
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -46,7 +46,7 @@ func requireTools(t *testing.T, tools ...string) {
 	}
 }
 
-func kubeClient(t *testing.T, l *lab.Lab, kubeContext string) kubernetes.Interface {
+func kubeClient(t testing.TB, l *lab.Lab, kubeContext string) kubernetes.Interface {
 	t.Helper()
 	c, err := l.Client(kubeContext)
 	if err != nil {
@@ -56,7 +56,7 @@ func kubeClient(t *testing.T, l *lab.Lab, kubeContext string) kubernetes.Interfa
 }
 
 // deploy runs one echo pod labelled app=name.
-func deploy(ctx context.Context, t *testing.T, k kubernetes.Interface, name string) {
+func deploy(ctx context.Context, t testing.TB, k kubernetes.Interface, name string) {
 	t.Helper()
 	labels := map[string]string{"app": name}
 	d := &appsv1.Deployment{
@@ -83,7 +83,7 @@ func deploy(ctx context.Context, t *testing.T, k kubernetes.Interface, name stri
 
 // globalService creates the global Service name (port 80 to the pods'
 // 8080) and returns its ClusterIP.
-func globalService(ctx context.Context, t *testing.T, k kubernetes.Interface, name string) string {
+func globalService(ctx context.Context, t testing.TB, k kubernetes.Interface, name string) string {
 	t.Helper()
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Annotations: map[string]string{meshconfig.ServiceGlobalAnnotation: "true"}},
@@ -100,7 +100,7 @@ func globalService(ctx context.Context, t *testing.T, k kubernetes.Interface, na
 }
 
 // runningPod waits for the one running, ready pod of app name.
-func runningPod(ctx context.Context, t *testing.T, k kubernetes.Interface, name string) corev1.Pod {
+func runningPod(ctx context.Context, t testing.TB, k kubernetes.Interface, name string) corev1.Pod {
 	t.Helper()
 	var last string
 	var pod corev1.Pod
@@ -119,7 +119,7 @@ func runningPod(ctx context.Context, t *testing.T, k kubernetes.Interface, name 
 
 // waitUntil polls cond until it holds, failing t with describe's account
 // when ctx ends first.
-func waitUntil(ctx context.Context, t *testing.T, what string, cond func() bool, describe func() string) {
+func waitUntil(ctx context.Context, t testing.TB, what string, cond func() bool, describe func() string) {
 	t.Helper()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
@@ -164,7 +164,7 @@ func agentSocket(l *lab.Lab, n topology.Node) string {
 }
 
 // agentAPI dials the local API of node n's agent.
-func agentAPI(t *testing.T, l *lab.Lab, n topology.Node) agentv1.AgentClient {
+func agentAPI(t testing.TB, l *lab.Lab, n topology.Node) agentv1.AgentClient {
 	t.Helper()
 	conn, err := grpc.NewClient("unix://"+agentSocket(l, n), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

@@ -49,7 +49,7 @@ type Config struct {
 	// reconciled. Zero means 100ms.
 	Debounce time.Duration
 	// CheckInterval is how often the device is checked to still exist
-	// (and re-created when it does not). Zero means 2s.
+	// (and re-created when it does not). Zero means 1s.
 	CheckInterval time.Duration
 	// RetryInterval is the wait before a failed reconcile or device
 	// creation is retried. Zero means 2s.
@@ -63,7 +63,7 @@ func (c *Config) setDefaults() {
 		c.Debounce = 100 * time.Millisecond
 	}
 	if c.CheckInterval == 0 {
-		c.CheckInterval = 2 * time.Second
+		c.CheckInterval = time.Second
 	}
 	if c.RetryInterval == 0 {
 		c.RetryInterval = 2 * time.Second
@@ -104,6 +104,9 @@ type Reconciler struct {
 	ipcache *state.Changes[netip.Prefix]
 	prune   atomic.Bool
 	wake    chan struct{} // capacity 1: AllowPrune asks for a pass
+	// skipped is the last pass's skipped nodes, for logging changes;
+	// used by Run only.
+	skipped map[state.NodeName]SkipReason
 
 	mu     sync.Mutex // guards the fields below
 	dev    *wireguard.Device
@@ -304,10 +307,26 @@ func (r *Reconciler) pass(ctx context.Context, usesIPCache *bool) error {
 	st := r.status
 	r.mu.Unlock()
 	r.cfg.Metrics.observe(st, err)
-	for _, s := range desired.Skipped {
-		r.logger.Debug("Remote node has no WireGuard peer", logfields.Node, s.Node.String(), "reason", string(s.Reason))
-	}
+	r.logSkipped(skipped)
 	return err
+}
+
+// logSkipped logs each node that newly has no peer, or for another
+// reason, once, and each that has one again.
+func (r *Reconciler) logSkipped(skipped []SkippedNode) {
+	now := make(map[state.NodeName]SkipReason, len(skipped))
+	for _, s := range skipped {
+		now[s.Node] = s.Reason
+		if r.skipped[s.Node] != s.Reason {
+			r.logger.Warn("Node of another cluster gets no WireGuard peer", logfields.Node, s.Node.String(), "reason", string(s.Reason), "detail", s.Detail)
+		}
+	}
+	for n := range r.skipped {
+		if _, still := now[n]; !still {
+			r.logger.Info("Node of another cluster no longer lacks a WireGuard peer (it has one, or it left)", logfields.Node, n.String())
+		}
+	}
+	r.skipped = now
 }
 
 // prefersIPv4 says which family of a remote node's InternalIP to send to:

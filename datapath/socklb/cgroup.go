@@ -12,7 +12,9 @@ import (
 // CgroupRoot returns the mount point of the machine's cgroup v2
 // hierarchy (e.g. /sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid
 // systems), read from /proc/self/mountinfo: attached there, the socket LB
-// serves every process of the machine.
+// serves every process of the machine. Inside a container with a cgroup
+// namespace of its own, the root it sees is the container's cgroup: mount
+// the host's hierarchy (a hostPath volume) and attach there instead.
 func CgroupRoot() (string, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
