@@ -11,7 +11,9 @@ import (
 )
 
 // helperCommand starts `isthmus-agent wireguard-device` from exe, logging
-// like the agent into the agent's stderr.
+// like the agent into the agent's stderr. The helper keeps that open after
+// the agent exits: whoever runs the agent should log to a file or a
+// socket, not wait for the end of a pipe.
 func helperCommand(exe string, o *options) wireguard.HelperCommand {
 	return func(device string, mtu int) *exec.Cmd {
 		args := []string{"wireguard-device", "--device", device, "--mtu", strconv.Itoa(mtu), "--log-level", o.logLevel}

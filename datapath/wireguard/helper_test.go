@@ -34,7 +34,7 @@ func TestHelperDeviceOutlivesTheAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { killHelpers(t, pidFile) })
-	helperEnv := envHelperPIDs + "=" + pidFile
+	helperEnv := []string{envHelperPIDs + "=" + pidFile, envOwner + "=" + strconv.Itoa(os.Getpid())}
 
 	u := netnstest.NewUnderlay(t, netnstest.UnderlayConfig{Prefix: netip.MustParsePrefix("192.168.78.0/24")})
 	a := u.AddNode(t, netnstest.NodeConfig{Name: "a", Cluster: "c1", PodCIDRs: mustPrefixes("10.3.0.0/24")})
@@ -43,7 +43,7 @@ func TestHelperDeviceOutlivesTheAgent(t *testing.T) {
 	podB := b.AddPod(t, "pb")
 
 	cfgA := wireguard.Config{StateDir: t.TempDir(), DeviceName: uniqueDeviceName(t)}
-	first := &wgNode{Child: netnstest.StartChild(t, a.NS, helperNode, helperEnv), ns: a.NS}
+	first := &wgNode{Child: netnstest.StartChild(t, a.NS, helperNode, helperEnv...), ns: a.NS}
 	if err := first.Call(ctx, "Start", cfgA, &first.StartReply); err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func TestHelperDeviceOutlivesTheAgent(t *testing.T) {
 	}
 
 	// The restarted agent adopts the device, key, peers and all.
-	second := &wgNode{Child: netnstest.StartChild(t, a.NS, helperNode, helperEnv), ns: a.NS}
+	second := &wgNode{Child: netnstest.StartChild(t, a.NS, helperNode, helperEnv...), ns: a.NS}
 	if err := second.Call(ctx, "Start", cfgA, &second.StartReply); err != nil {
 		t.Fatal(err)
 	}

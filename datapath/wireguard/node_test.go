@@ -17,6 +17,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/isthmus-mesh/isthmus/datapath/wireguard"
 	"github.com/isthmus-mesh/isthmus/internal/netnstest"
@@ -35,6 +36,9 @@ const helperNode = "wgnode"
 const (
 	envServe      = "WGTEST_SERVE_DEVICE"
 	envHelperPIDs = "WGTEST_HELPER_PIDS"
+	// envOwner is the test process's PID: a helper exits once it is gone,
+	// so that a test killed before its cleanup (a timeout) leaks none.
+	envOwner = "WGTEST_OWNER_PID"
 )
 
 func TestMain(m *testing.M) {
@@ -53,12 +57,33 @@ func serveDevice(dev string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	if owner, err := strconv.Atoi(os.Getenv(envOwner)); err == nil {
+		ctx = untilGone(ctx, owner)
+	}
 	mtu, _ := strconv.Atoi(os.Getenv(envServe + "_MTU"))
 	if err := wireguard.ServeUserspace(ctx, logger, dev, mtu); err != nil {
 		logger.Error("serve", "err", err)
 		return 1
 	}
 	return 0
+}
+
+// untilGone returns a context that ends when process pid is gone.
+func untilGone(ctx context.Context, pid int) context.Context {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		defer cancel()
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for syscall.Kill(pid, 0) == nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return ctx
 }
 
 // helperCommand starts this test binary as a device helper. It logs into
