@@ -5,17 +5,23 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"google.golang.org/protobuf/encoding/protojson"
 	appsv1 "k8s.io/api/apps/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/isthmus-mesh/isthmus/agent/api/agentv1"
+	meshclient "github.com/isthmus-mesh/isthmus/apis/client"
 	"github.com/isthmus-mesh/isthmus/datapath/bpffs"
+	"github.com/isthmus-mesh/isthmus/datapath/socklb"
+	"github.com/isthmus-mesh/isthmus/internal/meshconfig"
 	"github.com/isthmus-mesh/isthmus/internal/privileged"
 )
 
@@ -46,6 +52,48 @@ func pinDir(t *testing.T) string {
 	return dir
 }
 
+// testCgroup is a new cgroup v2 directory, removed when t ends (after
+// everything registered later, the agent and its pins included).
+func testCgroup(t *testing.T) string {
+	t.Helper()
+	root, err := socklb.CgroupRoot()
+	if err != nil {
+		privileged.Unavailable(t, err.Error())
+	}
+	dir := filepath.Join(root, "isthmus-charttest-"+randomSuffix(t))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := os.Remove(dir); err != nil {
+			t.Errorf("remove cgroup: %v", err)
+		}
+	})
+	return dir
+}
+
+func freeUDPPort(t *testing.T) int {
+	t.Helper()
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
+}
+
+// removeLink deletes a network device, if it is there; a userspace
+// WireGuard device's helper process exits when its device goes.
+func removeLink(t *testing.T, name string) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return
+	}
+	if err := netlink.LinkDel(l); err != nil {
+		t.Errorf("remove device %s: %v", name, err)
+	}
+}
+
 // agent is a running agent container.
 type agent struct {
 	*process
@@ -64,11 +112,21 @@ func (m *mesh) runAgent(t *testing.T, node string) *agent {
 	if ds.Spec.Template.Spec.Volumes[0].Name != "bpffs" {
 		t.Fatalf("the DaemonSet's first volume is %s; the test expects bpffs", ds.Spec.Template.Spec.Volumes[0].Name)
 	}
+	// The socket LB attaches to the mounted host cgroup root: here a
+	// cgroup of the test's own, so that it serves no other process.
+	hostPaths["/sys/fs/cgroup"] = testCgroup(t)
 	spec := ds.Spec.Template.Spec
 	lc := m.podEnvFor(t, pod, hostPaths).prepare(t, spec, "isthmus-agent")
+	// A device name and port of its own: the machine is shared. The
+	// device (a userspace one here, served by a helper process that
+	// outlives the agent) is removed after the agent stops.
+	device := "icht" + randomSuffix(t)[:6]
+	t.Cleanup(func() { removeLink(t, device) })
 	p := lc.start(t,
 		"--kubeconfig="+m.kubeconfig(t, m.token(t, pod)),
-		fmt.Sprintf("--metrics-address=127.0.0.1:%d", freePort(t)))
+		fmt.Sprintf("--metrics-address=127.0.0.1:%d", freePort(t)),
+		"--wireguard-device="+device,
+		fmt.Sprintf("--wireguard-port=%d", freeUDPPort(t)))
 	a := &agent{process: p, lc: lc}
 	probe := spec.Containers[0].ReadinessProbe
 	if probe == nil || probe.Exec == nil {
@@ -137,6 +195,34 @@ func TestAgentRunsWithChartRBAC(t *testing.T) {
 	}
 	if last.NodeName != node {
 		t.Errorf("agent on node %q; the pod is on %s", last.NodeName, node)
+	}
+	// It publishes its WireGuard key on its own Node (patch, allowed by the
+	// admission policy) and writes its MeshAgent (create, status).
+	nodes := m.c.Client.CoreV1().Nodes()
+	if err := a.waitUntil(ctx, "the Node carries the agent's WireGuard key", func() (bool, error) {
+		n, err := nodes.Get(ctx, node, metav1.GetOptions{})
+		return err == nil && n.Annotations[meshconfig.NodeWireGuardPubKeyAnnotation] != "", err
+	}); err != nil {
+		t.Error(err)
+	}
+	mc, err := meshclient.NewForConfig(m.c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = mc.MeshAgents().Delete(context.Background(), node, metav1.DeleteOptions{}) })
+	if err := a.waitUntil(ctx, "the MeshAgent reports the own cluster ready", func() (bool, error) {
+		ma, err := mc.MeshAgents().Get(ctx, node, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, c := range ma.Status.Clusters {
+			if c.Name == testClusterName && c.Ready {
+				return true, nil
+			}
+		}
+		return false, nil
+	}); err != nil {
+		t.Error(err)
 	}
 	svc := m.badlyAnnotatedService(t)
 	m.waitEvent(t, a.process, svc, "isthmus-agent")

@@ -40,6 +40,8 @@ var valueCases = []struct {
 			"extraArgs":    []string{"--identity-grace-period=30m"},
 		},
 		"agent": map[string]any{
+			"encryption":        "disabled",
+			"socketLB":          map[string]any{"enabled": false},
 			"restrictToOwnNode": false,
 			"metricsPort":       19966,
 			"extraArgs":         []string{"--ipcache-max-entries=1048576"},
@@ -49,6 +51,10 @@ var valueCases = []struct {
 	{"cert-manager-clusterip", values{
 		"cluster":   map[string]any{"name": "west", "id": 2},
 		"apiserver": map[string]any{"service": map[string]any{"type": "ClusterIP"}, "persistence": map[string]any{"storageClass": "fast", "size": "5Gi"}},
+		"agent": map[string]any{
+			"wireguard": map[string]any{"mode": "kernel", "port": 51999, "device": "wg-mesh"},
+			"hostPaths": map[string]any{"cgroup": "/sys/fs/cgroup/unified"},
+		},
 		"certManager": map[string]any{
 			"enabled": true, "bootstrapCA": true, "duration": "2160h", "renewBefore": "360h",
 			"extraServerNames": []string{"mesh.west.example.com", "192.0.2.7"},
@@ -129,6 +135,7 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"http endpoint", meshconfig.Namespace, values{"apiserver": map[string]any{"advertiseEndpoints": []string{"http://10.0.0.1:2379"}}}, "/apiserver/advertiseEndpoints/0"},
 		{"cert-manager without a cluster name", meshconfig.Namespace, values{"certManager": map[string]any{"enabled": true}}, "certManager.enabled needs cluster.name"},
 		{"name without ID", meshconfig.Namespace, values{"cluster": map[string]any{"name": "east"}}, "set cluster.name and cluster.id together"},
+		{"device name too long", meshconfig.Namespace, values{"agent": map[string]any{"wireguard": map[string]any{"device": "isthmus-wireguard0"}}}, "/agent/wireguard/device"},
 		{"renewal after expiry", meshconfig.Namespace, values{"cluster": map[string]any{"name": "a", "id": 1}, "certManager": map[string]any{"enabled": true, "duration": "24h", "renewBefore": "48h"}}, "must be shorter than certManager.duration"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -187,6 +194,14 @@ func TestChartShape(t *testing.T) {
 		}
 		if m, ok := mounts["/sys/fs/bpf"]; !ok || m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationBidirectional {
 			t.Errorf("agent: /sys/fs/bpf mount %+v; want Bidirectional propagation", m)
+		}
+		if m, ok := mounts["/run/isthmus/cgroupv2"]; !ok || !slices.Contains(ctr.Args, "--socklb-cgroup=/run/isthmus/cgroupv2") {
+			t.Errorf("agent: the socket LB is not attached to the host's cgroup root (mount %+v, args %q)", m, ctr.Args)
+		}
+		if !slices.Contains(ctr.Args, "--encryption=wireguard") || !slices.ContainsFunc(ctr.Ports, func(p corev1.ContainerPort) bool {
+			return p.Protocol == corev1.ProtocolUDP && p.ContainerPort == 51871
+		}) {
+			t.Errorf("agent: WireGuard not on by default on UDP 51871 (args %q, ports %v)", ctr.Args, ctr.Ports)
 		}
 		if !slices.ContainsFunc(ctr.Env, func(e corev1.EnvVar) bool {
 			return e.Name == "NODE_NAME" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "spec.nodeName"
@@ -255,8 +270,16 @@ func TestChartShape(t *testing.T) {
 			t.Errorf("remote Service %+v", remote.Spec)
 		}
 		ds := toTyped[appsv1.DaemonSet](t, mustFind(t, objs, "DaemonSet", "isthmus-agent"))
-		if !slices.Contains(ds.Spec.Template.Spec.Containers[0].Args, "--metrics-address=:19966") || !slices.Contains(ds.Spec.Template.Spec.Containers[0].Args, "--log-json=true") {
-			t.Errorf("agent args %q", ds.Spec.Template.Spec.Containers[0].Args)
+		agentArgs := ds.Spec.Template.Spec.Containers[0].Args
+		for _, want := range []string{"--metrics-address=:19966", "--log-json=true", "--encryption=disabled", "--socklb-cgroup=-"} {
+			if !slices.Contains(agentArgs, want) {
+				t.Errorf("agent args %q lack %s", agentArgs, want)
+			}
+		}
+		for _, v := range ds.Spec.Template.Spec.Volumes {
+			if v.Name == "wireguard" || v.Name == "cgroup" {
+				t.Errorf("agent mounts %s though WireGuard and the socket LB are off", v.HostPath.Path)
+			}
 		}
 	})
 }

@@ -33,7 +33,13 @@ import (
 
 var kube = testenv.New(testenv.Options{})
 
-func TestMain(m *testing.M) { testenv.Main(m, kube) }
+func TestMain(m *testing.M) {
+	code := testenv.Run(m, kube)
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
 
 // fieldManager owns what the tests write.
 const fieldManager = "charttest"
