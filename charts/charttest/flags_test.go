@@ -36,6 +36,10 @@ func images(t *testing.T) map[string]string {
 		if binErr != nil {
 			return
 		}
+		// Executable by a container's user, which may not be the test's.
+		if binErr = os.Chmod(binDir, 0o755); binErr != nil {
+			return
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, "go", "build", "-o", binDir+"/", "./cmd/...")

@@ -195,8 +195,20 @@ func (m *mesh) kubeconfig(t *testing.T, token string) string {
 	cfg.AuthInfos["sa"] = &clientcmdapi.AuthInfo{Token: token}
 	cfg.Contexts["c"] = &clientcmdapi.Context{Cluster: "c", AuthInfo: "sa"}
 	cfg.CurrentContext = "c"
-	path := filepath.Join(t.TempDir(), "kubeconfig")
+	// Readable by the container's user, which may not be the test's.
+	dir, err := os.MkdirTemp("", "isthmus-charttest-kubeconfig-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	path := filepath.Join(dir, "kubeconfig")
 	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return path
@@ -204,15 +216,13 @@ func (m *mesh) kubeconfig(t *testing.T, token string) string {
 
 // podEnvFor is how the pod sees the world.
 func (m *mesh) podEnvFor(t *testing.T, pod *corev1.Pod, hostPaths map[string]string) *podEnv {
-	return &podEnv{
-		client:    m.c.Client,
-		namespace: meshconfig.Namespace,
-		fields: map[string]string{
-			"spec.nodeName": pod.Spec.NodeName, "metadata.name": pod.Name, "metadata.namespace": pod.Namespace,
-		},
-		hostPaths: hostPaths,
-		commands:  images(t),
+	p := newPodEnv(t, m.c.Client, meshconfig.Namespace)
+	p.fields = map[string]string{"spec.nodeName": pod.Spec.NodeName, "metadata.name": pod.Name, "metadata.namespace": pod.Namespace}
+	if hostPaths != nil {
+		p.hostPaths = hostPaths
 	}
+	p.commands = images(t)
+	return p
 }
 
 // runAPIServer runs the rendered mesh apiserver with its service account's

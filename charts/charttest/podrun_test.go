@@ -39,7 +39,64 @@ type podEnv struct {
 	hostPaths map[string]string
 	// commands maps a container command to a local binary.
 	commands map[string]string
+	// root holds the volumes, traversable by any user (the container may
+	// run as one other than the test's).
+	root string
 }
+
+// newPodEnv returns a podEnv whose volumes live under a new directory,
+// removed when t ends.
+func newPodEnv(t *testing.T, client kubernetes.Interface, namespace string) *podEnv {
+	t.Helper()
+	root, err := os.MkdirTemp("", "isthmus-charttest-pod-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(root) })
+	return &podEnv{client: client, namespace: namespace, root: root, fields: map[string]string{}, hostPaths: map[string]string{}}
+}
+
+// dir is a new directory under the pod's root.
+func (p *podEnv) dir(t *testing.T) string {
+	t.Helper()
+	d, err := os.MkdirTemp(p.root, "vol-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// identity is who a container runs as: the pod's and container's
+// security contexts, as a kubelet applies them.
+type identity struct {
+	uid, gid, fsGroup *int64
+}
+
+func identityOf(spec corev1.PodSpec, ctr *corev1.Container) identity {
+	var id identity
+	if sc := spec.SecurityContext; sc != nil {
+		id.uid, id.gid, id.fsGroup = sc.RunAsUser, sc.RunAsGroup, sc.FSGroup
+	}
+	if sc := ctr.SecurityContext; sc != nil {
+		if sc.RunAsUser != nil {
+			id.uid = sc.RunAsUser
+		}
+		if sc.RunAsGroup != nil {
+			id.gid = sc.RunAsGroup
+		}
+	}
+	return id
+}
+
+// applies reports whether the identity can be taken here: switching
+// users needs root; otherwise the container runs as the test's user.
+func (id identity) applies() bool { return os.Geteuid() == 0 && id.uid != nil }
 
 // localContainer is a container ready to run here.
 type localContainer struct {
@@ -49,6 +106,7 @@ type localContainer struct {
 	env  []string
 	// mounts maps mount paths to local directories, longest first.
 	mounts []mount
+	id     identity
 }
 
 type mount struct{ path, dir string }
@@ -80,13 +138,13 @@ func (p *podEnv) tryPrepare(t *testing.T, spec corev1.PodSpec, name string) (*lo
 	for _, v := range spec.Volumes {
 		volumes[v.Name] = v
 	}
-	lc := &localContainer{name: name}
+	lc := &localContainer{name: name, id: identityOf(spec, ctr)}
 	for _, m := range ctr.VolumeMounts {
 		v, ok := volumes[m.Name]
 		if !ok {
 			return nil, fmt.Errorf("volume mount %s: no volume %s", m.MountPath, m.Name)
 		}
-		dir, err := p.volume(ctx, t, v)
+		dir, err := p.volume(ctx, t, v, lc.id)
 		if err != nil {
 			return nil, fmt.Errorf("volume %s: %w", v.Name, err)
 		}
@@ -124,15 +182,16 @@ func (p *podEnv) tryPrepare(t *testing.T, spec corev1.PodSpec, name string) (*lo
 	return lc, nil
 }
 
-// volume materialises v in a directory.
-func (p *podEnv) volume(ctx context.Context, t *testing.T, v corev1.Volume) (string, error) {
+// volume materialises v in a directory, owned as a kubelet would make it
+// for a container running as id.
+func (p *podEnv) volume(ctx context.Context, t *testing.T, v corev1.Volume, id identity) (string, error) {
 	switch {
 	case v.Secret != nil:
 		s, err := p.client.CoreV1().Secrets(p.namespace).Get(ctx, v.Secret.SecretName, metav1.GetOptions{})
 		if err != nil {
 			return "", fmt.Errorf("Secret %s (the pod would not start): %w", v.Secret.SecretName, err)
 		}
-		return writeFiles(t, s.Data, v.Secret.Items, v.Secret.DefaultMode)
+		return p.writeFiles(t, s.Data, v.Secret.Items, v.Secret.DefaultMode, id)
 	case v.ConfigMap != nil:
 		cm, err := p.client.CoreV1().ConfigMaps(p.namespace).Get(ctx, v.ConfigMap.Name, metav1.GetOptions{})
 		if err != nil {
@@ -142,25 +201,45 @@ func (p *podEnv) volume(ctx context.Context, t *testing.T, v corev1.Volume) (str
 		for k, s := range cm.Data {
 			data[k] = []byte(s)
 		}
-		return writeFiles(t, data, v.ConfigMap.Items, v.ConfigMap.DefaultMode)
+		return p.writeFiles(t, data, v.ConfigMap.Items, v.ConfigMap.DefaultMode, id)
 	case v.EmptyDir != nil, v.PersistentVolumeClaim != nil:
-		return t.TempDir(), nil
+		// A kubelet makes an emptyDir world-writable, and hands a volume to
+		// the pod's fsGroup (group-writable, setgid).
+		dir := p.dir(t)
+		if err := os.Chmod(dir, 0o777); err != nil {
+			return "", err
+		}
+		if id.applies() && id.fsGroup != nil {
+			if err := os.Chown(dir, 0, int(*id.fsGroup)); err != nil {
+				return "", err
+			}
+			if err := os.Chmod(dir, 0o775|os.ModeSetgid); err != nil {
+				return "", err
+			}
+		}
+		return dir, nil
 	case v.HostPath != nil:
 		if dir, ok := p.hostPaths[v.HostPath.Path]; ok {
 			return dir, nil
 		}
-		return t.TempDir(), nil
+		return p.dir(t), nil
 	}
 	return "", errors.New("a volume type these tests do not run")
 }
 
 // writeFiles writes a Secret's or ConfigMap's keys (or the listed items)
-// into a new directory, as a kubelet's volume does.
-func writeFiles(t *testing.T, data map[string][]byte, items []corev1.KeyToPath, mode *int32) (string, error) {
-	dir := t.TempDir()
+// into a new directory, as a kubelet's volume does: files of mode
+// defaultMode, and with an fsGroup, of that group and readable by it.
+func (p *podEnv) writeFiles(t *testing.T, data map[string][]byte, items []corev1.KeyToPath, mode *int32, id identity) (string, error) {
+	dir := p.dir(t)
 	perm := os.FileMode(0o644)
 	if mode != nil {
 		perm = os.FileMode(*mode)
+	}
+	gid := -1
+	if id.applies() && id.fsGroup != nil {
+		gid = int(*id.fsGroup)
+		perm |= 0o440
 	}
 	if len(items) == 0 {
 		for k := range data {
@@ -178,6 +257,14 @@ func writeFiles(t *testing.T, data map[string][]byte, items []corev1.KeyToPath, 
 		}
 		if err := os.WriteFile(path, b, perm); err != nil {
 			return "", err
+		}
+		if err := os.Chmod(path, perm); err != nil { // past the umask
+			return "", err
+		}
+		if gid >= 0 {
+			if err := os.Chown(path, 0, gid); err != nil {
+				return "", err
+			}
 		}
 	}
 	return dir, nil
@@ -314,6 +401,19 @@ func (lc *localContainer) start(t *testing.T, extra ...string) *process {
 	cmd.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, lc.env...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if lc.id.applies() {
+		cred := &syscall.Credential{Uid: uint32(*lc.id.uid), Gid: uint32(*lc.id.uid)}
+		if lc.id.gid != nil {
+			cred.Gid = uint32(*lc.id.gid)
+		}
+		if lc.id.fsGroup != nil {
+			cred.Groups = []uint32{uint32(*lc.id.fsGroup)}
+		}
+		cmd.SysProcAttr.Credential = cred
+		t.Logf("%s runs as uid %d gid %d groups %v, as its security context says", lc.name, cred.Uid, cred.Gid, cred.Groups)
+	} else if lc.id.uid != nil {
+		t.Logf("%s runs as this test's user, not as uid %d: switching users needs root", lc.name, *lc.id.uid)
+	}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
 		t.Fatalf("start %s: %v", lc.name, err)
