@@ -11,9 +11,41 @@ help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 .PHONY: build
-build: ## build the binaries into bin/
+build: ## build the binaries into bin/ (static; the container image runs this same build)
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/...
+
+# The container image with isthmus, isthmus-apiserver and isthmus-agent that
+# charts/isthmus runs (image.repository and image.tag there).
+IMAGE ?= ghcr.io/isthmus-mesh/isthmus:latest
+DOCKER ?= docker
+KIND ?= kind
+KIND_CLUSTERS ?= east west
+
+.PHONY: image
+image: ## build the container image, IMAGE=ghcr.io/isthmus-mesh/isthmus:latest by default (Dockerfile; needs a Docker engine)
+	$(DOCKER) build -t $(IMAGE) .
+
+.PHONY: kind-load
+kind-load: ## load IMAGE into the kind clusters KIND_CLUSTERS ("east west" by default; needs kind and a Docker engine)
+	@for c in $(KIND_CLUSTERS); do echo "$(KIND) load docker-image $(IMAGE) --name $$c"; $(KIND) load docker-image $(IMAGE) --name $$c || exit 1; done
+
+# HELM is the pinned helm binary, built once into the cache (internal/helmbin).
+HELM = $$($(GO) run ./internal/helmbin/internal/ensure)
+# helm template and lint check the chart's kubeVersion against this; a real
+# install checks it against the cluster.
+CHART_KUBE_VERSION ?= 1.37.2
+
+.PHONY: helm
+helm: ## build and cache the pinned helm binary (internal/helmbin) and print its path
+	$(GO) run ./internal/helmbin/internal/ensure
+
+.PHONY: chart-lint
+chart-lint: ## helm lint --strict charts/isthmus, with default and cert-manager values (builds helm once)
+	@helm=$(HELM) && \
+	$$helm lint --strict charts/isthmus --namespace isthmus-system --kube-version $(CHART_KUBE_VERSION) && \
+	$$helm lint --strict charts/isthmus --namespace isthmus-system --kube-version $(CHART_KUBE_VERSION) \
+	  --set certManager.enabled=true --set cluster.name=lint --set cluster.id=1
 
 .PHONY: kube
 kube: ## build and cache the pinned kube-apiserver, controller-manager, scheduler (internal/kubebin)
@@ -76,7 +108,7 @@ verify-agent-api: ## check the committed agent API code matches agent.proto (ski
 	GO=$(GO) sh agent/api/agentv1/generate.sh --verify
 
 .PHONY: verify
-verify: verify-generated verify-crds verify-agent-api ## formatting, vet, go.mod tidiness, generated BPF objects and API code up to date
+verify: verify-generated verify-crds verify-agent-api chart-lint ## formatting, vet, go.mod tidiness, generated BPF objects and API code up to date, chart lint
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed (make fmt):"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum not tidy (make tidy)"; $(GO) mod tidy -diff; exit 1; }

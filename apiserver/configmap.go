@@ -85,8 +85,18 @@ func publishConfigMap(ctx context.Context, client kubernetes.Interface, cfg *Con
 
 const fieldManager = "isthmus-apiserver"
 
+// ensureNamespace creates isthmus-system when it is missing. It looks
+// first: in a cluster the namespace is there (the apiserver's pod runs in
+// it), and the chart's RBAC grants reading namespaces, not creating them.
 func ensureNamespace(ctx context.Context, client kubernetes.Interface) error {
-	_, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: meshconfig.Namespace}}, metav1.CreateOptions{FieldManager: fieldManager})
+	_, err := client.CoreV1().Namespaces().Get(ctx, meshconfig.Namespace, metav1.GetOptions{})
+	if err == nil {
+		return nil
+	}
+	if !apierrors.IsNotFound(err) {
+		return fmt.Errorf("read namespace %s: %w", meshconfig.Namespace, err)
+	}
+	_, err = client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: meshconfig.Namespace}}, metav1.CreateOptions{FieldManager: fieldManager})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create namespace %s: %w", meshconfig.Namespace, err)
 	}
