@@ -408,6 +408,17 @@ func TestInvalidPolicies(t *testing.T) {
 			enforced: true,
 		},
 		{
+			// Pruned by an old CRD, fromCIDR would leave "any peer on
+			// port 80"; refused, the rule allows nothing.
+			name: "unsupported CiliumNetworkPolicy peer",
+			spec: v1alpha1.MeshNetworkPolicySpec{Ingress: []v1alpha1.IngressRule{{
+				ToPorts:                  ports("80/TCP"),
+				UnsupportedIngressFields: v1alpha1.UnsupportedIngressFields{FromCIDR: []string{"10.0.0.0/8"}},
+			}}},
+			wantErr:  []string{"spec.ingress[0].fromCIDR: Forbidden: fromCIDR is not supported"},
+			enforced: true,
+		},
+		{
 			name:    "invalid endpointSelector: no effect at all",
 			spec:    v1alpha1.MeshNetworkPolicySpec{EndpointSelector: withExpr(sel(), "app", "Equals", "backend"), Ingress: []v1alpha1.IngressRule{ingressFrom(peers(fe2), nil)}},
 			wantErr: []string{"spec.endpointSelector.matchExpressions[0].operator"},
