@@ -1,7 +1,8 @@
 // Package agent is the Isthmus node agent: it reads every cluster of the
 // mesh (agent/clustermesh, agent/remotecluster), merges their state with the
 // local cluster's global Services (agent/state, agent/localservices),
-// programs the pinned BPF maps (agent/reconcilers, datapath/maps), and
+// programs the pinned BPF maps (agent/reconcilers, datapath/maps) and the
+// MeshNetworkPolicies in force on the node (agent/meshpolicy), and
 // serves its status and map dumps on a local gRPC socket and Prometheus
 // metrics over HTTP.
 //
@@ -33,9 +34,11 @@ import (
 	"github.com/isthmus-mesh/isthmus/agent/api/agentv1"
 	"github.com/isthmus-mesh/isthmus/agent/clustermesh"
 	"github.com/isthmus-mesh/isthmus/agent/localservices"
+	"github.com/isthmus-mesh/isthmus/agent/meshpolicy"
 	"github.com/isthmus-mesh/isthmus/agent/reconcilers"
 	"github.com/isthmus-mesh/isthmus/agent/remotecluster"
 	"github.com/isthmus-mesh/isthmus/agent/state"
+	"github.com/isthmus-mesh/isthmus/apis/client"
 	dpmaps "github.com/isthmus-mesh/isthmus/datapath/maps"
 	"github.com/isthmus-mesh/isthmus/internal/logfields"
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
@@ -92,10 +95,17 @@ type Config struct {
 	// Pprof serves the Go profiler under /debug/pprof/ on the metrics
 	// address, for diagnosing memory and CPU use.
 	Pprof bool
-	// ServiceNamespace limits the Services watched to one namespace.
-	// Empty means all (what a node agent does); tests that share an
-	// apiserver scope it.
+	// ServiceNamespace limits the Services and MeshNetworkPolicies watched
+	// to one namespace. Empty means all (what a node agent does); tests
+	// that share an apiserver scope it.
 	ServiceNamespace string
+	// Policies reads the local cluster's MeshNetworkPolicies. Nil disables
+	// policy enforcement: the policy maps keep what they hold (tests of
+	// other parts). The isthmus-agent command always sets it.
+	Policies *client.Clientset
+	// PolicyDefaultDeny turns on the mesh-wide default deny: endpoints no
+	// MeshNetworkPolicy selects pass no cross-cluster traffic.
+	PolicyDefaultDeny bool
 }
 
 func (c *Config) setDefaults() {
@@ -149,6 +159,7 @@ type Agent struct {
 	services   *localservices.Watcher
 	ipcache    *reconcilers.IPCacheReconciler
 	svcRec     *reconcilers.ServiceReconciler
+	policy     *meshpolicy.Reconciler // nil: policy not enforced
 	broadcast  events.EventBroadcaster
 	syncedOnce atomic.Bool
 }
@@ -216,6 +227,9 @@ func New(logger *slog.Logger, cfg Config) (_ *Agent, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if a.policy, err = newPolicyReconciler(logger, cfg, a.state, a.maps); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -251,6 +265,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Go(func() { a.services.Run(ctx) })
 	wg.Go(func() { a.ipcache.Run(ctx) })
 	wg.Go(func() { a.svcRec.Run(ctx) })
+	if a.policy != nil {
+		wg.Go(func() { a.policy.Run(ctx) })
+	}
 	wg.Go(func() { a.initialSync(ctx) })
 	if apiLis != nil {
 		srv := grpc.NewServer()
@@ -339,6 +356,9 @@ wait:
 	}
 	a.ipcache.AllowPrune()
 	a.svcRec.AllowPrune()
+	if a.policy != nil {
+		a.policy.AllowPrune()
+	}
 	a.syncedOnce.Store(true)
 }
 

@@ -18,6 +18,7 @@ func TestImportBoundaries(t *testing.T) {
 		"agent/reconcilers":   {"agent/remotecluster", "agent/clustermesh", "agent/localservices", "k8s.io/client-go"},
 		"agent/clustermesh":   {"datapath/", "agent/reconcilers"},
 		"agent/localservices": {"datapath/", "agent/reconcilers", "agent/remotecluster"},
+		"agent/meshpolicy":    {"agent/remotecluster", "agent/clustermesh", "agent/localservices", "agent/reconcilers"},
 		"agent/api/agentv1":   {""}, // nothing of the module
 	}
 	// Entries are module paths unless they name another module.
@@ -32,7 +33,7 @@ func TestImportBoundaries(t *testing.T) {
 	if err != nil {
 		t.Fatalf("go tool not in PATH: %v", err)
 	}
-	for _, pkg := range []string{"agent", "agent/remotecluster", "agent/state", "agent/reconcilers", "agent/clustermesh", "agent/localservices", "agent/agentcmd", "agent/api/agentv1"} {
+	for _, pkg := range []string{"agent", "agent/remotecluster", "agent/state", "agent/reconcilers", "agent/clustermesh", "agent/localservices", "agent/meshpolicy", "agent/agentcmd", "agent/api/agentv1"} {
 		out, err := exec.Command(gobin, "list", "-deps", "-f", "{{.ImportPath}}", mod+pkg).CombinedOutput()
 		if err != nil {
 			t.Fatalf("go list %s: %v\n%s", pkg, err, out)

@@ -25,6 +25,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/isthmus-mesh/isthmus/agent"
+	meshclient "github.com/isthmus-mesh/isthmus/apis/client"
 	"github.com/isthmus-mesh/isthmus/datapath/bpffs"
 	dpmaps "github.com/isthmus-mesh/isthmus/datapath/maps"
 	"github.com/isthmus-mesh/isthmus/internal/meshconfig"
@@ -58,6 +59,7 @@ type options struct {
 	logLevel              string
 	logJSON               bool
 	pprof                 bool
+	policyDefaultDeny     bool
 	maps                  dpmaps.Config
 }
 
@@ -93,11 +95,12 @@ programs the pinned BPF maps the datapath reads.`,
 	f.DurationVar(&o.initialSyncTimeout, "initial-sync-timeout", agent.DefaultInitialSyncTimeout, "how long to wait for every cluster to sync before pruning stale map entries anyway")
 	f.DurationVar(&o.heartbeatTimeout, "heartbeat-timeout", 2*time.Minute, "reconnect to a cluster whose heartbeat is older than this (twice the heartbeat interval)")
 	f.StringVar(&o.clustermeshNamespace, "clustermesh-namespace", meshconfig.Namespace, "namespace of the isthmus-clustermesh Secret")
-	f.StringVar(&o.watchNamespace, "watch-namespace", "", "watch Services in this namespace only (default: all); for tests that share an apiserver")
+	f.StringVar(&o.watchNamespace, "watch-namespace", "", "watch Services and MeshNetworkPolicies in this namespace only (default: all); for tests that share an apiserver")
 	_ = f.MarkHidden("watch-namespace")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&o.logJSON, "log-json", false, "log in JSON instead of text")
 	f.BoolVar(&o.pprof, "pprof", false, "serve the Go profiler under /debug/pprof/ on the metrics address")
+	f.BoolVar(&o.policyDefaultDeny, "policy-default-deny", false, "mesh-wide default deny: endpoints no MeshNetworkPolicy selects pass no cross-cluster traffic (set it on every node of every cluster)")
 	f.Uint32Var(&o.maps.IPCacheMaxEntries, "ipcache-max-entries", dpmaps.DefaultIPCacheMaxEntries, "size of the ipcache map")
 	f.Uint32Var(&o.maps.FrontendMaxEntries, "lb-frontend-max-entries", dpmaps.DefaultFrontendMaxEntries, "size of the service frontend map")
 	f.Uint32Var(&o.maps.SlotMaxEntries, "lb-slot-max-entries", dpmaps.DefaultSlotMaxEntries, "size of the service backend-slot map")
@@ -131,7 +134,7 @@ func (o *options) run(ctx context.Context, logOut io.Writer) error {
 	}
 	// client-go logs through klog; send it to the same structured log.
 	klog.SetSlogLogger(logger.With("component", "client-go"))
-	client, err := o.client()
+	client, policies, err := o.clients()
 	if err != nil {
 		return err
 	}
@@ -156,6 +159,8 @@ func (o *options) run(ctx context.Context, logOut io.Writer) error {
 		ClusterMeshNamespace: o.clustermeshNamespace,
 		ServiceNamespace:     o.watchNamespace,
 		Pprof:                o.pprof,
+		Policies:             policies,
+		PolicyDefaultDeny:    o.policyDefaultDeny,
 	})
 	if err != nil {
 		return err
@@ -163,17 +168,23 @@ func (o *options) run(ctx context.Context, logOut io.Writer) error {
 	return a.Run(ctx)
 }
 
-func (o *options) client() (kubernetes.Interface, error) {
+// clients returns the local cluster's Kubernetes client and its
+// isthmus.dev client.
+func (o *options) clients() (kubernetes.Interface, *meshclient.Clientset, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	rules.ExplicitPath = o.kubeconfig
 	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
 	if err != nil {
-		return nil, fmt.Errorf("load the local cluster's client config (pass --kubeconfig, or run in a pod): %w", err)
+		return nil, nil, fmt.Errorf("load the local cluster's client config (pass --kubeconfig, or run in a pod): %w", err)
 	}
 	cfg.UserAgent = "isthmus-agent"
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return nil, errors.New("create Kubernetes client: " + err.Error())
+		return nil, nil, errors.New("create Kubernetes client: " + err.Error())
 	}
-	return client, nil
+	policies, err := meshclient.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create isthmus.dev client: %w", err)
+	}
+	return client, policies, nil
 }
