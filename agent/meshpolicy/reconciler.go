@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -351,44 +352,52 @@ func (r *Reconciler) absorbIdentities(all bool) {
 	r.metrics.compileOf[compileIdentities].Observe(time.Since(started).Seconds())
 }
 
+// nodeChunk bounds the ipcache keys resolved under one read lock of the
+// state, so that a burst (an initial sync of 250k pods) neither holds the
+// lock long nor builds large buffers.
+const nodeChunk = 8192
+
 // absorbNode follows the local pods hosted on this node; the first time,
 // through the whole ipcache.
 func (r *Reconciler) absorbNode(all bool) {
 	started := time.Now()
-	keys, _ := r.ipcache.Take(0)
 	mark := func(id protocol.NumericIdentity, on bool) { r.compiler.SetNodeIdentity(id, on) }
-	if all {
-		// The callback runs under the state's lock: record, then mark.
-		var on []protocol.NumericIdentity
-		r.cfg.State.AllIPCache(func(p netip.Prefix, e state.IPCacheEntry) {
-			r.node.update(p, e, true, func(id protocol.NumericIdentity, _ bool) { on = append(on, id) })
-		})
-		for _, id := range on {
-			mark(id, true)
-		}
-	} else {
-		if len(keys) == 0 {
-			return
-		}
-		prefixes := func(yield func(netip.Prefix) bool) {
-			for p := range keys {
-				if !yield(p) {
-					return
-				}
-			}
-		}
-		// The callback runs under the state's lock: record, then mark.
-		type change struct {
-			p  netip.Prefix
-			e  state.IPCacheEntry
-			ok bool
-		}
-		var changes []change
-		r.cfg.State.ResolveIPCache(prefixes, func(p netip.Prefix, e state.IPCacheEntry, ok bool) {
-			changes = append(changes, change{p, e, ok})
-		})
+	type change struct {
+		p  netip.Prefix
+		e  state.IPCacheEntry
+		ok bool
+	}
+	var changes []change
+	apply := func() {
 		for _, c := range changes {
 			r.node.update(c.p, c.e, c.ok, mark)
+		}
+		changes = changes[:0]
+	}
+	// The callbacks run under the state's lock: record, then compile.
+	if all {
+		r.ipcache.Take(0)
+		r.cfg.State.AllIPCache(func(p netip.Prefix, e state.IPCacheEntry) {
+			if r.node.onNode(e, true) {
+				changes = append(changes, change{p, e, true})
+			}
+		})
+		apply()
+	} else {
+		seen := 0
+		for {
+			keys, _ := r.ipcache.Take(nodeChunk)
+			seen += len(keys)
+			r.cfg.State.ResolveIPCache(maps.Keys(keys), func(p netip.Prefix, e state.IPCacheEntry, ok bool) {
+				changes = append(changes, change{p, e, ok})
+			})
+			apply()
+			if len(keys) < nodeChunk {
+				break
+			}
+		}
+		if seen == 0 {
+			return
 		}
 	}
 	r.nodeCount.Store(int64(r.node.identities()))
