@@ -131,9 +131,9 @@ func TestMeshNetworkPolicy(t *testing.T) {
 				[]string{"iperf3", "-c", backend.Status.PodIP, "-p", fmt.Sprint(iperfPort), "--bidir", "-t", "5", "-J", "--connect-timeout", "3000"},
 				lab.Stdio{Stdout: &out, Stderr: &out})
 		}()
-		// Mid-transfer, an unrelated policy change makes every tracked
-		// flow, replies included, be checked again.
-		if _, err := policies.Create(ctx, unrelatedPolicy(), metav1.CreateOptions{}); err != nil {
+		// Mid-transfer, a policy change on the backend's node makes every
+		// tracked flow there, replies included, be checked again.
+		if _, err := policies.Create(ctx, extraPolicy(c1.Name), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		eventually(ctx, t, "the policy revision to move on the backend's node", func() error {
@@ -181,7 +181,7 @@ func TestMeshNetworkPolicy(t *testing.T) {
 	})
 
 	t.Run("deleting the policies restores default behaviour", func(t *testing.T) {
-		for _, name := range []string{"backend", "unrelated"} {
+		for _, name := range []string{"backend", "extra"} {
 			if err := policies.Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 				t.Fatal(err)
 			}
@@ -210,13 +210,19 @@ func backendPolicy(frontendCluster string) *v1alpha1.MeshNetworkPolicy {
 	}
 }
 
-// unrelatedPolicy selects no pod; creating it bumps the policy revision.
-func unrelatedPolicy() *v1alpha1.MeshNetworkPolicy {
+// extraPolicy lets the other pods of cluster otherCluster reach backends
+// on a port nothing serves: it adds policy entries on the backend's node
+// (and so bumps the policy revision there) without changing what the
+// frontends may do.
+func extraPolicy(otherCluster string) *v1alpha1.MeshNetworkPolicy {
 	return &v1alpha1.MeshNetworkPolicy{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "unrelated"},
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "extra"},
 		Spec: v1alpha1.MeshNetworkPolicySpec{
-			EndpointSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "nothing-runs-this"}},
-			Ingress:          []v1alpha1.IngressRule{{}},
+			EndpointSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "backend"}},
+			Ingress: []v1alpha1.IngressRule{{
+				FromEndpoints: []metav1.LabelSelector{{MatchLabels: map[string]string{"app": "other", protocol.LabelPolicyCluster: otherCluster}}},
+				ToPorts:       []v1alpha1.PortRule{{Ports: []v1alpha1.PortProtocol{{Port: "7777", Protocol: v1alpha1.ProtocolTCP}}}},
+			}},
 		},
 	}
 }
