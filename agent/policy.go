@@ -6,6 +6,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/agent/meshpolicy"
 	"github.com/isthmus-mesh/isthmus/agent/state"
 	dpmaps "github.com/isthmus-mesh/isthmus/datapath/maps"
+	"github.com/isthmus-mesh/isthmus/datapath/tunnelpolicy"
 )
 
 // newPolicyReconciler builds the MeshNetworkPolicy reconciler (package
@@ -29,15 +30,16 @@ func newPolicyReconciler(logger *slog.Logger, cfg Config, st *state.State, m *dp
 	})
 }
 
-// policyOfRule names the MeshNetworkPolicy ("namespace/name") whose
-// entry decided a flow, from the flow event's rule ID
-// (tunnelpolicy.FlowEvent.RuleID); "" when no policy did (rule ID 0, an
-// endpoint no policy selects) or the policy is gone. The flow stream calls
-// it to render verdicts.
-func (a *Agent) policyOfRule(ruleID uint32) string {
-	ref, ok := a.policy.PolicyForRule(ruleID) // nil-safe: policy disabled
-	if !ok {
-		return ""
+// flowPolicies names the MeshNetworkPolicies ("namespace/name") behind a
+// flow event's verdict (meshpolicy.Reconciler.FlowPolicies): the one whose
+// entry allowed the flow, or for a policy-no-match drop those that put the
+// local endpoint into default deny; none where no policy decided. The flow
+// stream calls it to render verdicts.
+func (a *Agent) flowPolicies(ev tunnelpolicy.FlowEvent) []string {
+	refs := a.policy.FlowPolicies(ev) // nil-safe: policy disabled
+	out := make([]string, len(refs))
+	for i, r := range refs {
+		out[i] = r.String()
 	}
-	return ref.String()
+	return out
 }

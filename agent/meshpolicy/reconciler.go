@@ -20,6 +20,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/apis/client"
 	"github.com/isthmus-mesh/isthmus/apis/v1alpha1"
 	dpmaps "github.com/isthmus-mesh/isthmus/datapath/maps"
+	"github.com/isthmus-mesh/isthmus/datapath/tunnelpolicy"
 	"github.com/isthmus-mesh/isthmus/internal/logfields"
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
 )
@@ -207,6 +208,33 @@ func (r *Reconciler) PolicyForRule(ruleID uint32) (types.NamespacedName, bool) {
 		return types.NamespacedName{}, false
 	}
 	return r.compiler.PolicyForRule(ruleID)
+}
+
+// FlowPolicies names the MeshNetworkPolicies behind a flow event's
+// verdict: for a flow a policy entry allowed (its rule ID), that entry's
+// policy; for a packet dropped because no entry allowed it (reason
+// policy-no-match), the policies that put the local endpoint into default
+// deny in the event's direction. None where no policy decided (an
+// endpoint no policy selects, the mesh-wide default deny), for a policy
+// gone since, or for a nil Reconciler.
+func (r *Reconciler) FlowPolicies(ev tunnelpolicy.FlowEvent) []types.NamespacedName {
+	if r == nil {
+		return nil
+	}
+	if ev.RuleID != 0 {
+		if ref, ok := r.compiler.PolicyForRule(ev.RuleID); ok {
+			return []types.NamespacedName{ref}
+		}
+		return nil
+	}
+	if ev.Reason != tunnelpolicy.ReasonNoMatch {
+		return nil
+	}
+	local := ev.DstIdentity
+	if ev.Direction == dpmaps.Egress {
+		local = ev.SrcIdentity
+	}
+	return r.compiler.PoliciesEnforcing(local, ev.Direction)
 }
 
 // Stats are the compiler's counts and the identities on this node.

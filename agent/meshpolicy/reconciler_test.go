@@ -23,6 +23,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/apis/client"
 	"github.com/isthmus-mesh/isthmus/apis/v1alpha1"
 	dpmaps "github.com/isthmus-mesh/isthmus/datapath/maps"
+	"github.com/isthmus-mesh/isthmus/datapath/tunnelpolicy"
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
 )
 
@@ -326,6 +327,26 @@ func TestReconciler(t *testing.T) {
 		}
 		if ref, ok := r.PolicyForRule(ruleID); !ok || ref.Name != "backend" || ref.Namespace != w.ns {
 			t.Errorf("PolicyForRule(%d) = %v, %v", ruleID, ref, ok)
+		}
+		// Flow events name the policy behind their verdict.
+		policyName := w.ns + "/backend"
+		for _, tc := range []struct {
+			what string
+			ev   tunnelpolicy.FlowEvent
+			want string
+		}{
+			{"allowed by the policy's entry", tunnelpolicy.FlowEvent{Direction: dpmaps.Ingress, Reason: tunnelpolicy.ReasonAllowedPolicy, RuleID: ruleID, SrcIdentity: frontend, DstIdentity: backend}, policyName},
+			{"dropped, no entry allowed", tunnelpolicy.FlowEvent{Direction: dpmaps.Ingress, Dropped: true, Reason: tunnelpolicy.ReasonNoMatch, SrcIdentity: frontend, DstIdentity: backend}, policyName},
+			{"egress of backend, unenforced", tunnelpolicy.FlowEvent{Direction: dpmaps.Egress, Reason: tunnelpolicy.ReasonAllowedUnenforced, SrcIdentity: backend, DstIdentity: frontend}, ""},
+			{"dropped by the mesh-wide default deny", tunnelpolicy.FlowEvent{Direction: dpmaps.Ingress, Dropped: true, Reason: tunnelpolicy.ReasonDefaultDeny, DstIdentity: other}, ""},
+		} {
+			var got []string
+			for _, ref := range r.FlowPolicies(tc.ev) {
+				got = append(got, ref.String())
+			}
+			if strings.Join(got, ",") != tc.want {
+				t.Errorf("%s: FlowPolicies = %v, want %q", tc.what, got, tc.want)
+			}
 		}
 		if g := gauge(t, reg, "isthmus_agent_policies", "accepted"); g != 1 {
 			t.Errorf("accepted policies = %v", g)
