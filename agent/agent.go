@@ -2,9 +2,16 @@
 // mesh (agent/clustermesh, agent/remotecluster), merges their state with the
 // local cluster's global Services (agent/state, agent/localservices),
 // programs the pinned BPF maps (agent/reconcilers, datapath/maps) and the
-// MeshNetworkPolicies in force on the node (agent/meshpolicy), and
-// serves its status and map dumps on a local gRPC socket and Prometheus
-// metrics over HTTP.
+// MeshNetworkPolicies in force on the node (agent/meshpolicy), runs the
+// node's datapath — the socket load balancer (datapath/socklb), the
+// WireGuard tunnel to the other clusters' nodes (agent/tunnel) with the
+// tunnel policy programs on it (datapath/tunnelpolicy) and their flow
+// events (agent/flows) — publishes its WireGuard key (agent/nodekey) and
+// its view of the mesh (agent/meshagent), and serves its status, dumps and
+// flows on a local gRPC socket and Prometheus metrics over HTTP.
+//
+// agent.go wires the parts; each lives in its own package or file
+// (datapath.go, localapi.go, meshagentstatus.go, metrics.go).
 //
 // It must not import apiserver/ or cmd/.
 package agent
@@ -34,12 +41,15 @@ import (
 	"github.com/isthmus-mesh/isthmus/agent/api/agentv1"
 	"github.com/isthmus-mesh/isthmus/agent/clustermesh"
 	"github.com/isthmus-mesh/isthmus/agent/localservices"
+	"github.com/isthmus-mesh/isthmus/agent/meshagent"
 	"github.com/isthmus-mesh/isthmus/agent/meshpolicy"
 	"github.com/isthmus-mesh/isthmus/agent/reconcilers"
 	"github.com/isthmus-mesh/isthmus/agent/remotecluster"
 	"github.com/isthmus-mesh/isthmus/agent/state"
-	"github.com/isthmus-mesh/isthmus/apis/client"
+	meshclient "github.com/isthmus-mesh/isthmus/apis/client"
 	dpmaps "github.com/isthmus-mesh/isthmus/datapath/maps"
+	"github.com/isthmus-mesh/isthmus/datapath/tunnelpolicy"
+	"github.com/isthmus-mesh/isthmus/datapath/wireguard"
 	"github.com/isthmus-mesh/isthmus/internal/logfields"
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
 )
@@ -99,10 +109,33 @@ type Config struct {
 	// to one namespace. Empty means all (what a node agent does); tests
 	// that share an apiserver scope it.
 	ServiceNamespace string
-	// Policies reads the local cluster's MeshNetworkPolicies. Nil disables
-	// policy enforcement: the policy maps keep what they hold (tests of
-	// other parts). The isthmus-agent command always sets it.
-	Policies *client.Clientset
+
+	// WireGuard configures the node's WireGuard device: the encrypted
+	// tunnel to the nodes of the other clusters, peers computed from the
+	// merged state, with the tunnel policy programs attached. StateDir
+	// empty means Config.StateDir. Nil means no device and no tunnel
+	// policy: pods of other clusters are reached only where the network
+	// routes them, unencrypted and unenforced.
+	WireGuard *wireguard.Config
+	// TunnelPolicy configures the tunnel policy programs (connection
+	// tracking lifetimes, tcx or clsact); Ethernet is ignored.
+	TunnelPolicy tunnelpolicy.Config
+	// FlowHistory is how many of the latest flow events the local API
+	// keeps for new Flows streams. Zero means flows.DefaultHistory.
+	FlowHistory int
+	// SocketLBCgroup is the cgroup v2 directory the socket load balancer
+	// attaches to: connections of its processes (and their descendants)
+	// to global services go to the services' backends. Empty means the
+	// socket LB is not attached.
+	SocketLBCgroup string
+	// Mesh is the isthmus.dev API client; the agent writes the node's
+	// MeshAgent status and reads the local cluster's MeshNetworkPolicies
+	// with it. Nil means no MeshAgent is written and no policy is
+	// enforced (the policy maps keep what they hold).
+	Mesh *meshclient.Clientset
+	// MeshAgentHeartbeat is the longest time between MeshAgent status
+	// writes. Zero means meshagent.DefaultHeartbeat.
+	MeshAgentHeartbeat time.Duration
 	// PolicyDefaultDeny turns on the mesh-wide default deny: endpoints no
 	// MeshNetworkPolicy selects pass no cross-cluster traffic.
 	PolicyDefaultDeny bool
@@ -127,6 +160,11 @@ func (c *Config) setDefaults() {
 	if c.Registry == nil {
 		c.Registry = prometheus.NewRegistry()
 		c.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	if c.WireGuard != nil && c.WireGuard.StateDir == "" {
+		wg := *c.WireGuard
+		wg.StateDir = c.StateDir
+		c.WireGuard = &wg
 	}
 }
 
@@ -162,6 +200,9 @@ type Agent struct {
 	policy     *meshpolicy.Reconciler // nil: policy not enforced
 	broadcast  events.EventBroadcaster
 	syncedOnce atomic.Bool
+	dp         datapath
+	meshAgent  *meshagent.Writer // nil without Config.Mesh
+	links      linkTracker
 }
 
 // New opens (or creates) the pinned maps and builds the agent's parts. It
@@ -230,6 +271,23 @@ func New(logger *slog.Logger, cfg Config) (_ *Agent, err error) {
 	if a.policy, err = newPolicyReconciler(logger, cfg, a.state, a.maps); err != nil {
 		return nil, err
 	}
+	// The datapath: socket LB, WireGuard tunnel and the tunnel policy
+	// programs on it. The programs read the policy and enforcement maps
+	// (a.maps.Policy, a.maps.Enforcement) and allow everything until
+	// something fills them.
+	if err := a.newDatapath(); err != nil {
+		return nil, err
+	}
+	if cfg.Mesh != nil {
+		a.meshAgent, err = meshagent.New(logger, meshagent.Config{
+			MeshAgents: cfg.Mesh.MeshAgents(), Nodes: cfg.Client, NodeName: cfg.NodeName,
+			Status: a.meshAgentStatusNow, Heartbeat: cfg.MeshAgentHeartbeat, Registry: cfg.Registry,
+		})
+		if err != nil {
+			a.closeDatapath()
+			return nil, err
+		}
+	}
 	return a, nil
 }
 
@@ -238,6 +296,7 @@ func New(logger *slog.Logger, cfg Config) (_ *Agent, err error) {
 // datapath works on while the agent restarts.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.maps.Close()
+	defer a.closeDatapath()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -269,6 +328,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Go(func() { a.policy.Run(ctx) })
 	}
 	wg.Go(func() { a.initialSync(ctx) })
+	a.runDatapath(ctx, &wg)
+	if a.meshAgent != nil {
+		wg.Go(func() { a.meshAgent.Run(ctx) })
+	}
 	if apiLis != nil {
 		srv := grpc.NewServer()
 		agentv1.RegisterAgentServer(srv, &apiServer{a: a})
@@ -358,6 +421,9 @@ wait:
 	a.svcRec.AllowPrune()
 	if a.policy != nil {
 		a.policy.AllowPrune()
+	}
+	if a.dp.tunnel != nil {
+		a.dp.tunnel.AllowPrune()
 	}
 	a.syncedOnce.Store(true)
 }

@@ -3,16 +3,23 @@ package agent
 import (
 	"cmp"
 	"context"
+	"fmt"
+	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/isthmus-mesh/isthmus/agent/api/agentv1"
+	"github.com/isthmus-mesh/isthmus/agent/flows"
 	"github.com/isthmus-mesh/isthmus/agent/remotecluster"
 	"github.com/isthmus-mesh/isthmus/agent/state"
 	dpmaps "github.com/isthmus-mesh/isthmus/datapath/maps"
+	"github.com/isthmus-mesh/isthmus/datapath/tunnelpolicy"
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
 )
 
@@ -38,6 +45,7 @@ func (s *apiServer) Status(context.Context, *agentv1.StatusRequest) (*agentv1.St
 		InitialSyncDone:      a.syncedOnce.Load(),
 		InvalidEntries:       ms.Invalid,
 		BpfRoot:              a.cfg.Maps.Root,
+		Datapath:             s.datapathStatus(),
 	}
 	for _, c := range ms.Clusters {
 		sum, _ := a.state.Summary(c.Cluster)
@@ -145,4 +153,153 @@ func (s *apiServer) DumpIdentities(_ *agentv1.DumpIdentitiesRequest, stream grpc
 		}
 	}
 	return nil
+}
+
+func (s *apiServer) datapathStatus() *agentv1.DatapathStatus {
+	dp := &s.a.dp
+	out := &agentv1.DatapathStatus{SocketLbCgroup: s.a.cfg.SocketLBCgroup}
+	if dp.tunnel == nil {
+		return out
+	}
+	st := dp.tunnel.Status()
+	out.TunnelPolicyAttached = st.Attached
+	wg := &agentv1.WireGuardStatus{
+		Device: st.Device, Mode: st.Mode.String(), PublicKey: st.PublicKey,
+		ListenPort: uint32(st.ListenPort), Mtu: uint32(st.MTU),
+		Peers: uint32(st.Peers), KeptPeers: uint32(st.Kept), Pruning: st.Pruning,
+		KeyPublished: dp.keys.Published(), LastError: st.LastError, Recreations: uint32(st.Recreations),
+	}
+	if !st.LastErrorTime.IsZero() {
+		wg.LastErrorTime = timestamppb.New(st.LastErrorTime)
+	}
+	if !st.LastReconcile.IsZero() {
+		wg.LastReconcile = timestamppb.New(st.LastReconcile)
+	}
+	for _, sk := range st.Skipped {
+		wg.Skipped = append(wg.Skipped, &agentv1.SkippedNode{Cluster: sk.Node.Cluster, Node: sk.Node.Name, Reason: string(sk.Reason), Detail: sk.Detail})
+	}
+	out.Wireguard = wg
+	return out
+}
+
+func (s *apiServer) DumpPeers(context.Context, *agentv1.DumpPeersRequest) (*agentv1.DumpPeersResponse, error) {
+	if s.a.dp.tunnel == nil {
+		return nil, status.Error(codes.FailedPrecondition, "the agent runs without WireGuard (--encryption disabled)")
+	}
+	peers, err := s.a.dp.tunnel.Peers()
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	resp := &agentv1.DumpPeersResponse{}
+	for _, p := range peers {
+		out := &agentv1.Peer{Name: p.Name, PublicKey: p.PublicKey, ReceiveBytes: p.ReceiveBytes, TransmitBytes: p.TransmitBytes}
+		if p.Endpoint.IsValid() {
+			out.Endpoint = p.Endpoint.String()
+		}
+		for _, a := range p.AllowedIPs {
+			out.AllowedIps = append(out.AllowedIps, a.String())
+		}
+		if !p.LastHandshake.IsZero() {
+			out.LastHandshake = timestamppb.New(p.LastHandshake)
+		}
+		resp.Peers = append(resp.Peers, out)
+	}
+	slices.SortFunc(resp.Peers, func(x, y *agentv1.Peer) int { return cmp.Compare(x.Name, y.Name) })
+	return resp, nil
+}
+
+func (s *apiServer) Flows(req *agentv1.FlowsRequest, stream grpc.ServerStreamingServer[agentv1.Flow]) error {
+	hub := s.a.dp.flows
+	if hub == nil {
+		return status.Error(codes.FailedPrecondition, "the agent runs without WireGuard (--encryption disabled), so there is no tunnel to see flows on")
+	}
+	f, err := flowFilter(req)
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	past, sub := hub.Subscribe(f, int(req.Last))
+	defer sub.Close()
+	for _, ev := range past {
+		if err := stream.Send(flowMessage(ev, 0)); err != nil {
+			return err
+		}
+	}
+	if !req.Follow {
+		return nil
+	}
+	var reported uint64
+	for {
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-sub.Done():
+			return status.Error(codes.Unavailable, "the agent is stopping")
+		case ev := <-sub.Events():
+			lost := sub.Lost()
+			if err := stream.Send(flowMessage(ev, lost-reported)); err != nil {
+				return err
+			}
+			reported = lost
+		}
+	}
+}
+
+func flowFilter(req *agentv1.FlowsRequest) (flows.Filter, error) {
+	f := flows.Filter{Port: uint16(req.Port), Identity: protocol.NumericIdentity(req.Identity), ClusterID: uint16(req.ClusterId)}
+	switch req.Verdict {
+	case agentv1.Verdict_VERDICT_DROPPED:
+		f.Verdict = flows.Dropped
+	case agentv1.Verdict_VERDICT_PASSED:
+		f.Verdict = flows.Passed
+	}
+	switch strings.ToLower(req.Direction) {
+	case "":
+	case "ingress":
+		f.Direction = dpmaps.Ingress
+	case "egress":
+		f.Direction = dpmaps.Egress
+	default:
+		return f, fmt.Errorf("direction %q: want ingress or egress", req.Direction)
+	}
+	if req.Protocol != "" {
+		p, ok := protocolByName[strings.ToLower(req.Protocol)]
+		if !ok {
+			return f, fmt.Errorf("protocol %q: want TCP, UDP, ICMP, ICMPv6 or SCTP", req.Protocol)
+		}
+		f.Protocol = p
+	}
+	if req.Address != "" {
+		a, err := netip.ParseAddr(req.Address)
+		if err != nil {
+			return f, fmt.Errorf("address %q: %w", req.Address, err)
+		}
+		f.Address = a
+	}
+	if req.Port > 65535 {
+		return f, fmt.Errorf("port %d: want 1-65535", req.Port)
+	}
+	return f, nil
+}
+
+var protocolByName = map[string]dpmaps.Protocol{
+	"tcp": dpmaps.ProtoTCP, "udp": dpmaps.ProtoUDP, "icmp": dpmaps.ProtoICMP, "icmpv6": dpmaps.ProtoICMPv6, "sctp": dpmaps.ProtoSCTP,
+}
+
+func flowMessage(ev tunnelpolicy.FlowEvent, lost uint64) *agentv1.Flow {
+	return &agentv1.Flow{
+		Time:                 timestamppb.New(ev.Time),
+		Source:               ev.Src.String(),
+		Destination:          ev.Dst.String(),
+		Protocol:             ev.Protocol.String(),
+		Direction:            ev.Direction.String(),
+		Dropped:              ev.Dropped,
+		Reason:               ev.Reason.String(),
+		SourceIdentity:       uint32(ev.SrcIdentity),
+		DestinationIdentity:  uint32(ev.DstIdentity),
+		SourceClusterId:      uint32(ev.SrcCluster),
+		DestinationClusterId: uint32(ev.DstCluster),
+		RuleId:               ev.RuleID,
+		Length:               ev.Length,
+		Lost:                 lost,
+	}
 }

@@ -10,15 +10,15 @@ import (
 )
 
 // newPolicyReconciler builds the MeshNetworkPolicy reconciler (package
-// meshpolicy), or returns nil when cfg.Policies is nil.
+// meshpolicy), or returns nil when cfg.Mesh is nil.
 func newPolicyReconciler(logger *slog.Logger, cfg Config, st *state.State, m *dpmaps.Maps) (*meshpolicy.Reconciler, error) {
-	if cfg.Policies == nil {
-		logger.Warn("No MeshNetworkPolicy client: policy is not enforced by this agent, and the policy maps keep what they hold")
+	if cfg.Mesh == nil {
+		logger.Warn("No isthmus.dev client: MeshNetworkPolicy is not enforced by this agent, and the policy maps keep what they hold")
 		return nil, nil
 	}
 	return meshpolicy.New(logger, meshpolicy.Config{
 		Cluster:        cfg.ClusterName,
-		Client:         cfg.Policies,
+		Client:         cfg.Mesh,
 		Namespace:      cfg.ServiceNamespace,
 		State:          st,
 		Maps:           m,

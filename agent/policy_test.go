@@ -86,7 +86,7 @@ func TestAgentEnforcesPolicies(t *testing.T) {
 	}
 
 	cfg := w.agentConfig()
-	cfg.Policies = cs
+	cfg.Mesh = cs
 	api := w.runAgent(cfg)
 	m := openMaps(t, w.mapsConfig())
 	waitSynced(t, api)

@@ -17,6 +17,9 @@ import (
 )
 
 // processArgs are the command-line flags of a real agent process for w.
+// The process runs in the test's network namespace and cgroup, which other
+// tests share: it gets no WireGuard device and does not attach the socket
+// LB (the netns and lab tests cover those).
 func (w *world) processArgs(socket string, mc dpmaps.Config) []string {
 	u := func(v uint32) string { return strconv.FormatUint(uint64(v), 10) }
 	return []string{
@@ -31,6 +34,7 @@ func (w *world) processArgs(socket string, mc dpmaps.Config) []string {
 		"--lb-revnat-max-entries", u(mc.RevNATMaxEntries), "--policy-max-entries", u(mc.PolicyMaxEntries),
 		"--policy-enforcement-max-entries", u(mc.EnforcementMaxEntries), "--ct-max-entries", u(mc.CTMaxEntries),
 		"--flow-ring-bytes", u(mc.FlowRingBytes),
+		"--encryption", "disabled", "--socklb-cgroup", "-",
 	}
 }
 

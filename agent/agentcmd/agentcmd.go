@@ -1,6 +1,7 @@
 // Package agentcmd is the isthmus-agent command line: the agent itself
-// (flags into agent.Config) and the `status` and `dump` subcommands, which
-// read the running agent's local API. It holds flag parsing and output, not
+// (flags into agent.Config); the `status`, `dump` and `flows` subcommands,
+// which read the running agent's local API; and the hidden
+// `wireguard-device` helper that serves a userspace WireGuard device. It holds flag parsing and output, not
 // agent logic.
 //
 // It must not be imported by anything but cmd/isthmus-agent.
@@ -8,7 +9,6 @@ package agentcmd
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,13 +21,17 @@ import (
 
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	"github.com/isthmus-mesh/isthmus/agent"
+	"github.com/isthmus-mesh/isthmus/agent/flows"
 	meshclient "github.com/isthmus-mesh/isthmus/apis/client"
 	"github.com/isthmus-mesh/isthmus/datapath/bpffs"
 	dpmaps "github.com/isthmus-mesh/isthmus/datapath/maps"
+	"github.com/isthmus-mesh/isthmus/datapath/socklb"
+	"github.com/isthmus-mesh/isthmus/datapath/wireguard"
 	"github.com/isthmus-mesh/isthmus/internal/meshconfig"
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
 )
@@ -61,7 +65,20 @@ type options struct {
 	pprof                 bool
 	policyDefaultDeny     bool
 	maps                  dpmaps.Config
+	encryption            string
+	wgDevice              string
+	wgPort                int
+	wgMode                string
+	wgHelper              bool
+	socklbCgroup          string
+	flowHistory           int
 }
+
+// Values of --encryption.
+const (
+	encryptionWireGuard = "wireguard"
+	encryptionDisabled  = "disabled"
+)
 
 // NewCommand returns the isthmus-agent command with its subcommands.
 func NewCommand(out, errOut io.Writer) *cobra.Command {
@@ -110,8 +127,15 @@ programs the pinned BPF maps the datapath reads.`,
 	f.Uint32Var(&o.maps.EnforcementMaxEntries, "policy-enforcement-max-entries", dpmaps.DefaultEnforcementMaxEntries, "size of the policy enforcement map")
 	f.Uint32Var(&o.maps.CTMaxEntries, "ct-max-entries", dpmaps.DefaultCTMaxEntries, "size of the connection tracking map")
 	f.Uint32Var(&o.maps.FlowRingBytes, "flow-ring-bytes", dpmaps.DefaultFlowRingBytes, "size of the flow event ring buffer (a power of two)")
+	f.IntVar(&o.flowHistory, "flow-history", flows.DefaultHistory, "how many of the latest flow events to keep for `isthmus-agent flows`")
+	f.StringVar(&o.encryption, "encryption", encryptionWireGuard, `how pods reach other clusters' pods: "wireguard" (an encrypted tunnel to each of their nodes, with cross-cluster policy enforced on it) or "disabled" (no tunnel and no cross-cluster policy; only for networks that route every cluster's pods and need neither)`)
+	f.StringVar(&o.wgDevice, "wireguard-device", wireguard.DefaultDeviceName, "name of the WireGuard device; unique on the machine where several nodes share one (userspace devices have a machine-wide control socket)")
+	f.IntVar(&o.wgPort, "wireguard-port", wireguard.DefaultListenPort, "UDP port WireGuard listens on; every node of the mesh must use the same (nodes do not publish their port)")
+	f.StringVar(&o.wgMode, "wireguard-mode", "auto", "kernel, userspace (embedded wireguard-go) or auto (kernel where the kernel has WireGuard)")
+	f.BoolVar(&o.wgHelper, "wireguard-userspace-helper", true, "run a userspace device in a helper process that outlives the agent, so that restarting the agent does not interrupt cross-cluster traffic (the agent starts it, or adopts one left running)")
+	f.StringVar(&o.socklbCgroup, "socklb-cgroup", "", `cgroup v2 directory to attach the socket load balancer to (default: the cgroup v2 root, found in /proc/self/mountinfo; "-" to not attach it)`)
 
-	cmd.AddCommand(newStatusCommand(), newDumpCommand())
+	cmd.AddCommand(newStatusCommand(), newDumpCommand(), newFlowsCommand(), newWireGuardDeviceCommand())
 	return cmd
 }
 
@@ -134,7 +158,23 @@ func (o *options) run(ctx context.Context, logOut io.Writer) error {
 	}
 	// client-go logs through klog; send it to the same structured log.
 	klog.SetSlogLogger(logger.With("component", "client-go"))
-	client, policies, err := o.clients()
+	restCfg, err := o.restConfig()
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return fmt.Errorf("create Kubernetes client: %w", err)
+	}
+	mesh, err := meshclient.NewForConfig(restCfg)
+	if err != nil {
+		return err
+	}
+	wg, err := o.wireGuard()
+	if err != nil {
+		return err
+	}
+	cgroup, err := o.socketLBCgroup()
 	if err != nil {
 		return err
 	}
@@ -159,7 +199,10 @@ func (o *options) run(ctx context.Context, logOut io.Writer) error {
 		ClusterMeshNamespace: o.clustermeshNamespace,
 		ServiceNamespace:     o.watchNamespace,
 		Pprof:                o.pprof,
-		Policies:             policies,
+		WireGuard:            wg,
+		FlowHistory:          o.flowHistory,
+		SocketLBCgroup:       cgroup,
+		Mesh:                 mesh,
 		PolicyDefaultDeny:    o.policyDefaultDeny,
 	})
 	if err != nil {
@@ -168,23 +211,62 @@ func (o *options) run(ctx context.Context, logOut io.Writer) error {
 	return a.Run(ctx)
 }
 
-// clients returns the local cluster's Kubernetes client and its
-// isthmus.dev client.
-func (o *options) clients() (kubernetes.Interface, *meshclient.Clientset, error) {
+func (o *options) restConfig() (*rest.Config, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	rules.ExplicitPath = o.kubeconfig
 	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
 	if err != nil {
-		return nil, nil, fmt.Errorf("load the local cluster's client config (pass --kubeconfig, or run in a pod): %w", err)
+		return nil, fmt.Errorf("load the local cluster's client config (pass --kubeconfig, or run in a pod): %w", err)
 	}
 	cfg.UserAgent = "isthmus-agent"
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, nil, errors.New("create Kubernetes client: " + err.Error())
+	return cfg, nil
+}
+
+// wireGuard is the agent's WireGuard configuration from the flags; nil
+// with --encryption disabled.
+func (o *options) wireGuard() (*wireguard.Config, error) {
+	switch o.encryption {
+	case encryptionWireGuard:
+	case encryptionDisabled:
+		return nil, nil
+	default:
+		return nil, fmt.Errorf("--encryption %q: want %s or %s", o.encryption, encryptionWireGuard, encryptionDisabled)
 	}
-	policies, err := meshclient.NewForConfig(cfg)
-	if err != nil {
-		return nil, nil, fmt.Errorf("create isthmus.dev client: %w", err)
+	cfg := &wireguard.Config{DeviceName: o.wgDevice, ListenPort: o.wgPort}
+	switch o.wgMode {
+	case "auto":
+		cfg.Mode = wireguard.ModeAuto
+	case "kernel":
+		cfg.Mode = wireguard.ModeKernel
+	case "userspace":
+		cfg.Mode = wireguard.ModeUserspace
+	default:
+		return nil, fmt.Errorf("--wireguard-mode %q: want auto, kernel or userspace", o.wgMode)
 	}
-	return client, policies, nil
+	if o.wgPort < 1 || o.wgPort > 65535 {
+		return nil, fmt.Errorf("--wireguard-port %d: want a UDP port, 1-65535", o.wgPort)
+	}
+	if o.wgHelper {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("find this executable for the WireGuard helper (or pass --wireguard-userspace-helper=false): %w", err)
+		}
+		cfg.UserspaceHelper = helperCommand(exe, o)
+	}
+	return cfg, nil
+}
+
+// socketLBCgroup is the cgroup the socket LB attaches to, "" for none.
+func (o *options) socketLBCgroup() (string, error) {
+	switch o.socklbCgroup {
+	case "-":
+		return "", nil
+	case "":
+		root, err := socklb.CgroupRoot()
+		if err != nil {
+			return "", fmt.Errorf("%w (or pass --socklb-cgroup)", err)
+		}
+		return root, nil
+	}
+	return o.socklbCgroup, nil
 }

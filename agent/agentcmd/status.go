@@ -146,6 +146,7 @@ func WriteStatus(w io.Writer, st *agentv1.StatusResponse, now time.Time) error {
 			fmt.Fprintf(&b, "    last error: %s\n      at %s\n", c.LastError, ago(c.LastErrorTime, c.LastErrorTime == nil, now))
 		}
 	}
+	writeDatapath(&b, st.Datapath, now)
 	if len(st.InvalidEntries) > 0 {
 		fmt.Fprintf(&b, "\nUnusable Secret entries (fix them with `isthmus connect`):\n")
 		keys := make([]string, 0, len(st.InvalidEntries))
@@ -161,13 +162,50 @@ func WriteStatus(w io.Writer, st *agentv1.StatusResponse, now time.Time) error {
 	return err
 }
 
+func writeDatapath(b *strings.Builder, dp *agentv1.DatapathStatus, now time.Time) {
+	if dp == nil {
+		return
+	}
+	fmt.Fprintf(b, "\nDatapath:\n")
+	if dp.SocketLbCgroup != "" {
+		fmt.Fprintf(b, "  socket load balancer: attached to cgroup %s\n", dp.SocketLbCgroup)
+	} else {
+		fmt.Fprintf(b, "  socket load balancer: not attached\n")
+	}
+	wg := dp.Wireguard
+	if wg == nil {
+		fmt.Fprintf(b, "  WireGuard: disabled (no tunnel to other clusters, no cross-cluster policy)\n")
+		return
+	}
+	fmt.Fprintf(b, "  WireGuard: device %s (%s), port %d, MTU %d, tunnel policy attached: %s\n", wg.Device, wg.Mode, wg.ListenPort, wg.Mtu, yesNo(dp.TunnelPolicyAttached))
+	fmt.Fprintf(b, "    public key %s, published on the Node: %s\n", wg.PublicKey, yesNo(wg.KeyPublished))
+	fmt.Fprintf(b, "    peers: %d", wg.Peers)
+	if wg.KeptPeers > 0 {
+		fmt.Fprintf(b, " (%d kept until the mesh is read again)", wg.KeptPeers)
+	}
+	fmt.Fprintf(b, ", last reconcile: %s\n", ago(wg.LastReconcile, wg.LastReconcile == nil, now))
+	if wg.Recreations > 0 {
+		fmt.Fprintf(b, "    device re-created %d times after it went away\n", wg.Recreations)
+	}
+	for _, s := range wg.Skipped {
+		fmt.Fprintf(b, "    no peer for %s/%s: %s", s.Cluster, s.Node, s.Reason)
+		if s.Detail != "" {
+			fmt.Fprintf(b, " (%s)", s.Detail)
+		}
+		b.WriteByte('\n')
+	}
+	if wg.LastError != "" {
+		fmt.Fprintf(b, "    last error: %s\n      at %s\n", wg.LastError, ago(wg.LastErrorTime, wg.LastErrorTime == nil, now))
+	}
+}
+
 func newDumpCommand() *cobra.Command {
 	c := &clientFlags{}
 	cmd := &cobra.Command{
-		Use:       "dump ipcache|services|identities",
-		Short:     "Print what the running agent's BPF maps hold (identities: its merged state)",
+		Use:       "dump ipcache|services|identities|peers",
+		Short:     "Print what the running agent's BPF maps and WireGuard device hold (identities: its merged state)",
 		Args:      cobra.ExactArgs(1),
-		ValidArgs: []string{"ipcache", "services", "identities"},
+		ValidArgs: []string{"ipcache", "services", "identities", "peers"},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			client, closeConn, err := c.dial()
 			if err != nil {
@@ -204,8 +242,10 @@ func newDumpCommand() *cobra.Command {
 				return tw.Flush()
 			case "identities":
 				return dumpIdentities(ctx, client, c, out)
+			case "peers":
+				return dumpPeers(ctx, client, c, out)
 			}
-			return fmt.Errorf("unknown map %q: want ipcache, services or identities", args[0])
+			return fmt.Errorf("unknown map %q: want ipcache, services, identities or peers", args[0])
 		},
 	}
 	c.register(cmd)
@@ -269,6 +309,27 @@ func dumpIdentities(ctx context.Context, client agentv1.AgentClient, c *clientFl
 	fmt.Fprintln(tw, "ID\tCLUSTER\tLABELS")
 	for _, i := range all.Identities {
 		fmt.Fprintf(tw, "%d\t%s\t%s\n", i.Id, i.Cluster, strings.Join(i.Labels, " "))
+	}
+	return tw.Flush()
+}
+
+func dumpPeers(ctx context.Context, client agentv1.AgentClient, c *clientFlags, out io.Writer) error {
+	resp, err := client.DumpPeers(ctx, &agentv1.DumpPeersRequest{})
+	if err != nil {
+		return explain(c.socket, err)
+	}
+	if c.output == "json" {
+		return writeJSON(out, resp)
+	}
+	now := time.Now()
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tENDPOINT\tALLOWED IPS\tLATEST HANDSHAKE\tRECEIVED\tSENT\tPUBLIC KEY")
+	for _, p := range resp.Peers {
+		hs := "never"
+		if p.LastHandshake != nil {
+			hs = now.Sub(p.LastHandshake.AsTime()).Round(time.Second).String() + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Name, p.Endpoint, strings.Join(p.AllowedIps, ","), hs, p.ReceiveBytes, p.TransmitBytes, p.PublicKey)
 	}
 	return tw.Flush()
 }

@@ -223,3 +223,94 @@ func TestServiceReconciler(t *testing.T) {
 }
 
 func first(a, _ int) int { return a }
+
+// TestServiceReconcilerKeepsPinnedBackendsUntilPruneAllowed restarts the
+// reconciler on pinned maps: while the remote clusters are still being
+// read again, a service written from the local cluster alone keeps the
+// backends it had, so connections to it do not fail during the restart;
+// the full pass after the initial sync drops those that went away.
+func TestServiceReconcilerKeepsPinnedBackendsUntilPruneAllowed(t *testing.T) {
+	root := agenttest.PinRoot(t)
+	nn := state.ServiceName{Namespace: "test", Name: "echo"}
+	fe := state.Frontend{Addr: netip.MustParseAddr("10.96.0.10"), Port: 80, Protocol: protocol.ProtoTCP, PortName: "http"}
+	tcp := protocol.PortConfiguration{"http": {Protocol: protocol.ProtoTCP, Port: 8080}}
+	local := func(s *state.State) {
+		s.UpsertLocalService(nn, state.LocalService{Frontends: []state.Frontend{fe}, Shared: true, Affinity: meshconfig.AffinityNone})
+		s.Cluster("home").UpsertService(&protocol.ClusterService{Cluster: "home", ClusterID: 1, Namespace: "test", Name: "echo", Shared: true,
+			Backends: map[string]protocol.PortConfiguration{"10.1.0.1": tcp}})
+	}
+	remote := func(s *state.State, ips ...string) {
+		be := map[string]protocol.PortConfiguration{}
+		for _, ip := range ips {
+			be[ip] = tcp
+		}
+		s.Cluster("a").UpsertService(&protocol.ClusterService{Cluster: "a", ClusterID: 2, Namespace: "test", Name: "echo", Shared: true, Backends: be})
+	}
+	backends := func(m *dpmaps.Maps) []string {
+		svcs, err := m.Services.Dump()
+		if err != nil || len(svcs) != 1 {
+			return []string{fmt.Sprintf("%d services, %v", len(svcs), err)}
+		}
+		var out []string
+		for _, b := range svcs[0].Backends {
+			out = append(out, b.Addr.String())
+		}
+		slices.Sort(out)
+		return out
+	}
+	want := func(m *dpmaps.Maps, ips ...string) func() error {
+		return func() error {
+			if got := backends(m); !slices.Equal(got, ips) {
+				return fmt.Errorf("backends %v, want %v", got, ips)
+			}
+			return nil
+		}
+	}
+
+	// The first agent programs the service with every backend.
+	m1 := openMaps(t, root)
+	s1 := newState(t)
+	r1, err := reconcilers.NewServices(slog.New(slog.DiscardHandler), reconcilers.ServiceConfig{State: s1, Maps: m1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r1.Run(ctx); close(done) }()
+	r1.AllowPrune()
+	local(s1)
+	remote(s1, "10.2.0.1", "10.2.0.2")
+	meshtest.Eventually(t, waitTimeout, want(m1, "10.1.0.1", "10.2.0.1", "10.2.0.2"))
+	stop()
+	<-done
+
+	// The restarted agent knows the local cluster first.
+	m2 := openMaps(t, root)
+	s2 := newState(t)
+	r2, err := reconcilers.NewServices(slog.New(slog.DiscardHandler), reconcilers.ServiceConfig{State: s2, Maps: m2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, r2.Run)
+	local(s2)
+	meshtest.Eventually(t, waitTimeout, func() error {
+		if len(r2.Programmed(nn)) == 0 {
+			return fmt.Errorf("service not written yet")
+		}
+		return nil
+	})
+	if err := want(m2, "10.1.0.1", "10.2.0.1", "10.2.0.2")(); err != nil {
+		t.Fatalf("after the local cluster was read again: %v", err)
+	}
+	// The remote cluster is read again, without one backend: it stays
+	// until the initial sync is complete, then goes.
+	remote(s2, "10.2.0.1")
+	meshtest.Eventually(t, waitTimeout, func() error {
+		if got := r2.Programmed(nn); len(got) != 1 || len(got[0].Backends) != 3 {
+			return fmt.Errorf("programmed %+v", got)
+		}
+		return nil
+	})
+	r2.AllowPrune()
+	meshtest.Eventually(t, waitTimeout, want(m2, "10.1.0.1", "10.2.0.1"))
+}

@@ -42,6 +42,10 @@ type ServiceReconciler struct {
 	// written is what this process programmed per global service.
 	written map[state.ServiceName][]dpmaps.Service
 	counts  ServiceCounts
+	// pinned is the backends the maps held when the reconciler started,
+	// by frontend, until pruning is allowed: a service written before
+	// every cluster is read again keeps them (see pass).
+	pinned map[dpmaps.Frontend][]dpmaps.Backend
 }
 
 // ServiceCounts counts the entries this process programmed per map.
@@ -58,6 +62,14 @@ func NewServices(logger *slog.Logger, cfg ServiceConfig) (*ServiceReconciler, er
 		cfg:     cfg,
 		changes: cfg.State.SubscribeServices(),
 		written: make(map[state.ServiceName][]dpmaps.Service),
+	}
+	if svcs, err := cfg.Maps.Services.Dump(); err != nil {
+		r.logger.Warn("Cannot read the pinned services; a restart may briefly serve services with fewer backends", logfields.Error, err)
+	} else {
+		r.pinned = make(map[dpmaps.Frontend][]dpmaps.Backend, len(svcs))
+		for _, svc := range svcs {
+			r.pinned[svc.Frontend] = svc.Backends
+		}
 	}
 	r.metrics.frontends = cfg.Metrics.forMap(dpmaps.NameFrontends, cfg.Maps.Map(dpmaps.NameFrontends).MaxEntries())
 	r.metrics.slots = cfg.Metrics.forMap(dpmaps.NameSlots, cfg.Maps.Map(dpmaps.NameSlots).MaxEntries())
@@ -131,8 +143,17 @@ func (r *ServiceReconciler) pass(ctx context.Context) error {
 	started := time.Now()
 	var errs []error
 	failed := make(map[state.ServiceName]state.Stamp)
+	pinned := r.pinnedUntilPrune()
 	for nn, t := range keys {
 		want := datapathServices(r.cfg.State.Service(nn))
+		// Before every cluster is read again, a service's backends in the
+		// state may be only some of them (the local ones, say, while the
+		// remote clusters are still syncing): keep those the maps had, so
+		// that a restarting agent does not leave a service without
+		// backends. The full pass after the initial sync drops the stale.
+		for i := range want {
+			want[i].Backends = withBackends(want[i].Backends, pinned[want[i].Frontend])
+		}
 		if err := r.apply(nn, want); err != nil {
 			errs = append(errs, err)
 			failed[nn] = t
@@ -152,6 +173,35 @@ func (r *ServiceReconciler) pass(ctx context.Context) error {
 		return fmt.Errorf("program %d of %d global services: %w", len(failed), len(keys), errors.Join(errs...))
 	}
 	return nil
+}
+
+// pinnedUntilPrune returns the backends pinned at start while pruning is
+// not allowed yet, and forgets them once it is.
+func (r *ServiceReconciler) pinnedUntilPrune() map[dpmaps.Frontend][]dpmaps.Backend {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.loop.pruneAllowed.Load() {
+		r.pinned = nil
+	}
+	return r.pinned
+}
+
+// withBackends adds to backends those of extra it does not have.
+func withBackends(backends, extra []dpmaps.Backend) []dpmaps.Backend {
+	if len(extra) == 0 {
+		return backends
+	}
+	have := make(map[dpmaps.Backend]bool, len(backends))
+	for _, b := range backends {
+		have[b] = true
+	}
+	for _, b := range extra {
+		if !have[b] {
+			backends = append(backends, b)
+			have[b] = true
+		}
+	}
+	return backends
 }
 
 // apply programs one global service and removes frontends it no longer

@@ -1,6 +1,7 @@
 package wireguard
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -100,6 +101,16 @@ type Config struct {
 	// each peer. Zero means never: nodes reach each other directly, with
 	// no NAT mapping to hold open.
 	PersistentKeepalive time.Duration
+
+	// UserspaceHelper, when set, runs a userspace device in a helper
+	// process of its own (the command it returns, which calls
+	// ServeUserspace) instead of in this process, so that the device,
+	// its peers and routes, and the traffic through them outlive this
+	// process as a kernel device does: an agent restart then leaves
+	// cross-cluster traffic alone, and the next New adopts the helper's
+	// device. The helper exits when the device is deleted (Delete). Nil
+	// means the userspace device lives and dies with this process.
+	UserspaceHelper HelperCommand `json:"-"`
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -278,11 +289,13 @@ func (d *Device) MTU() int {
 	return d.mtu
 }
 
-// Close releases what the device holds in this process. A kernel device
-// stays in the system with its peers and routes, so pod traffic keeps
-// flowing while the agent restarts and the next New adopts it; a
-// userspace device cannot outlive its process and is removed with its
-// routes. Use Delete to remove a kernel device too. Close is idempotent.
+// Close releases what the device holds in this process. A kernel device,
+// and a userspace device served by a helper process
+// (Config.UserspaceHelper), stays in the system with its peers and
+// routes, so pod traffic keeps flowing while the agent restarts and the
+// next New adopts it; a userspace device served by this process cannot
+// outlive it and is removed with its routes. Use Delete to remove the
+// device in every case. Close is idempotent.
 func (d *Device) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -325,8 +338,8 @@ func openBackend(logger *slog.Logger, cfg Config, mtu int) (backend, Mode, error
 		}
 		logger.Info("Adopted existing kernel WireGuard device")
 		return kernelDevice{name: name, adopted: true}, ModeKernel, nil
-	case link.Type() == "tun":
-		return nil, 0, fmt.Errorf("device %s exists as a TUN device, likely another process's userspace WireGuard: stop that process or choose another DeviceName", name)
+	case link.Type() == "tuntap":
+		return adoptHelper(logger, cfg)
 	default:
 		return nil, 0, fmt.Errorf("device %s exists as a %s link, not WireGuard: remove it or choose another DeviceName", name, link.Type())
 	}
@@ -341,6 +354,13 @@ func openBackend(logger *slog.Logger, cfg Config, mtu int) (backend, Mode, error
 			return nil, 0, fmt.Errorf("create kernel WireGuard device %s: %w", name, err)
 		}
 		logger.Info("Kernel has no WireGuard; using the embedded userspace implementation", logfields.Error, err)
+	}
+	if cfg.UserspaceHelper != nil {
+		h, err := startHelper(context.Background(), logger, cfg, mtu)
+		if err != nil {
+			return nil, 0, err
+		}
+		return h, ModeUserspace, nil
 	}
 	u, err := openUserspace(logger, name, mtu)
 	if err != nil {

@@ -8,6 +8,12 @@
 // through wgctrl, so `wg show` sees either. Everything happens in the
 // calling process's network namespace: the agent runs inside its node's.
 //
+// A kernel device outlives the agent. A userspace device lives in the
+// process that serves it: with Config.UserspaceHelper it is served by a
+// helper process (ServeUserspace) that outlives agent restarts and that
+// the next New adopts, so that a restart leaves pod traffic alone;
+// without, it goes with the agent.
+//
 // The node agent drives it from its merged view of the mesh: New once,
 // PublicKey into the Node annotation meshconfig.NodeWireGuardPubKeyAnnotation,
 // then SetPeers with every remote node each time that view changes.

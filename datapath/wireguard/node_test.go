@@ -11,9 +11,13 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"strconv"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/isthmus-mesh/isthmus/datapath/wireguard"
 	"github.com/isthmus-mesh/isthmus/internal/netnstest"
@@ -25,8 +29,73 @@ import (
 // sockets and TUN device in the process's namespace.
 const helperNode = "wgnode"
 
+// envServe makes the test binary a userspace device helper process
+// (wireguard.ServeUserspace) for the device it names; envHelperPIDs makes
+// node children start such helpers, each writing its PID into the file
+// the variable names so that the test can kill those that outlive it.
+const (
+	envServe      = "WGTEST_SERVE_DEVICE"
+	envHelperPIDs = "WGTEST_HELPER_PIDS"
+	// envOwner is the test process's PID: a helper exits once it is gone,
+	// so that a test killed before its cleanup (a timeout) leaks none.
+	envOwner = "WGTEST_OWNER_PID"
+)
+
 func TestMain(m *testing.M) {
+	if dev := os.Getenv(envServe); dev != "" {
+		os.Exit(serveDevice(dev))
+	}
 	netnstest.Main(m, map[string]netnstest.Helper{helperNode: runNode})
+}
+
+// serveDevice is the helper process of a node child in helper mode.
+func serveDevice(dev string) int {
+	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if f, err := os.OpenFile(os.Getenv(envHelperPIDs), os.O_APPEND|os.O_WRONLY, 0); err == nil {
+		fmt.Fprintln(f, os.Getpid())
+		f.Close()
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if owner, err := strconv.Atoi(os.Getenv(envOwner)); err == nil {
+		ctx = untilGone(ctx, owner)
+	}
+	mtu, _ := strconv.Atoi(os.Getenv(envServe + "_MTU"))
+	if err := wireguard.ServeUserspace(ctx, logger, dev, mtu); err != nil {
+		logger.Error("serve", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// untilGone returns a context that ends when process pid is gone.
+func untilGone(ctx context.Context, pid int) context.Context {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		defer cancel()
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for syscall.Kill(pid, 0) == nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return ctx
+}
+
+// helperCommand starts this test binary as a device helper. It logs into
+// a file next to the PID file: a helper outlives the node child, and must
+// not hold the child's stderr pipe open.
+func helperCommand(device string, mtu int) *exec.Cmd {
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), envServe+"="+device, envServe+"_MTU="+strconv.Itoa(mtu))
+	if f, err := os.OpenFile(os.Getenv(envHelperPIDs)+".log", os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600); err == nil {
+		cmd.Stderr = f // the child's copy closes with the child
+	}
+	return cmd
 }
 
 func runNode(conn io.ReadWriteCloser) error {
@@ -69,6 +138,9 @@ func (n *nodeRPC) Start(cfg wireguard.Config, reply *StartReply) error {
 	defer n.mu.Unlock()
 	if n.dev != nil {
 		return errors.New("already started")
+	}
+	if os.Getenv(envHelperPIDs) != "" {
+		cfg.UserspaceHelper = helperCommand
 	}
 	dev, err := wireguard.New(n.logger, cfg)
 	if err != nil {

@@ -48,6 +48,13 @@ func Down(ctx context.Context, stateRoot, name string) error {
 	if err := underlay.Teardown(name); err != nil {
 		errs = append(errs, err)
 	}
+	// The nodes' WireGuard control sockets, left when the processes
+	// serving userspace devices were killed.
+	if topo, err := plannedTopology(dir); err == nil {
+		if err := underlay.RemoveWireGuard(topo); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	bpf := filepath.Join(BPFRoot, topology.BPFDir(name))
 	if err := os.RemoveAll(bpf); err != nil {
 		errs = append(errs, fmt.Errorf("remove bpffs directory: %w", err))
@@ -88,6 +95,16 @@ func stopSupervisor(ctx context.Context, dir state.Dir) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// plannedTopology computes the names of the lab in dir from its plan (the
+// underlay slot aside, which names do not depend on).
+func plannedTopology(dir state.Dir) (*topology.Lab, error) {
+	var plan state.Plan
+	if err := state.ReadJSON(dir.PlanFile(), &plan); err != nil {
+		return nil, err
+	}
+	return topology.New(plan.Config, 0)
 }
 
 func removeIfEmpty(dir string) {

@@ -33,6 +33,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/lab/cgroup"
 	"github.com/isthmus-mesh/isthmus/internal/lab/state"
 	"github.com/isthmus-mesh/isthmus/internal/lab/topology"
+	"github.com/isthmus-mesh/isthmus/internal/lab/underlay"
 )
 
 // Config says what lab to bring up. The zero value is the default lab:
@@ -284,6 +285,9 @@ func Leftovers(stateRoot, name string) ([]string, error) {
 	}
 	if _, err := os.Stat(filepath.Join(BPFRoot, topology.BPFDir(name))); err == nil {
 		found = append(found, "bpffs directory "+filepath.Join(BPFRoot, topology.BPFDir(name)))
+	}
+	if topo, err := plannedTopology(state.For(stateRoot, name)); err == nil {
+		found = append(found, underlay.WireGuardLeftovers(topo)...)
 	}
 	net, err := networkLeftovers(name)
 	return append(found, net...), err

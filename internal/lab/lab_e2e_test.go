@@ -30,6 +30,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/internal/lab/labtest"
 	"github.com/isthmus-mesh/isthmus/internal/lab/nsexec"
 	"github.com/isthmus-mesh/isthmus/internal/lab/topology"
+	"github.com/isthmus-mesh/isthmus/internal/lab/underlay"
 	"github.com/isthmus-mesh/isthmus/internal/privileged"
 )
 
@@ -284,12 +285,18 @@ func checkGone(t *testing.T, l *lab.Lab, hier cgroup.Hierarchy, pids []int) {
 		t.Errorf("the lab had only %d processes before down: %v", len(pids), pids)
 	}
 	for _, pid := range pids {
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
-			t.Errorf("process %d of the lab still runs", pid)
+		// A zombie is dead: a process that outlived its parent (the
+		// agents' WireGuard helpers do) is reaped by the machine's init,
+		// whenever that gets to it.
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && !isZombie(string(b)) {
+			t.Errorf("process %d of the lab still runs: %s", pid, b)
 		}
 	}
 	if ns, _ := nsexec.List(topology.NetnsPrefix(l.Name())); len(ns) != 0 {
 		t.Errorf("network namespaces left: %v", ns)
+	}
+	if left := underlay.WireGuardLeftovers(l.Topology); len(left) != 0 {
+		t.Errorf("WireGuard sockets left: %v", left)
 	}
 	links, err := netlink.LinkList()
 	if err != nil {
@@ -315,6 +322,13 @@ func checkGone(t *testing.T, l *lab.Lab, hier cgroup.Hierarchy, pids []int) {
 			t.Errorf("route to %s left", r.Dst)
 		}
 	}
+}
+
+// isZombie reports whether a /proc/<pid>/stat line is a zombie's: its
+// state, the field after the parenthesised command, is Z.
+func isZombie(stat string) bool {
+	i := strings.LastIndexByte(stat, ')')
+	return i >= 0 && strings.HasPrefix(stat[i+1:], " Z")
 }
 
 func client(t *testing.T, l *lab.Lab, kubeContext string) kubernetes.Interface {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -67,19 +68,43 @@ const captureBuffer = 32 << 20
 
 // Capture starts capturing in the namespace. Stop it to get the frames.
 func (ns *Namespace) Capture() (*Capture, error) {
+	return startCapture(ns.name, ns.Do)
+}
+
+// CaptureAt starts capturing in the network namespace bound at path, one
+// this package did not create (a lab's underlay, say). Stop it to get the
+// frames.
+func CaptureAt(path string) (*Capture, error) {
+	return startCapture(path, func(f func() error) error {
+		return onLockedThread(func() error {
+			h, err := netns.GetFromPath(path)
+			if err != nil {
+				return fmt.Errorf("open netns %s: %w", path, err)
+			}
+			defer h.Close()
+			if err := netns.Set(h); err != nil {
+				return fmt.Errorf("enter netns %s: %w", path, err)
+			}
+			return f()
+		})
+	})
+}
+
+// startCapture opens the packet socket inside a namespace through do.
+func startCapture(name string, do func(func() error) error) (*Capture, error) {
 	var fd int
-	err := ns.Do(func() (err error) {
+	err := do(func() (err error) {
 		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("netns %s: open packet socket: %w", ns.name, err)
+		return nil, fmt.Errorf("netns %s: open packet socket: %w", name, err)
 	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, captureBuffer); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("netns %s: size packet socket buffer: %w", ns.name, err)
+		return nil, fmt.Errorf("netns %s: size packet socket buffer: %w", name, err)
 	}
-	c := &Capture{file: os.NewFile(uintptr(fd), "packet-"+ns.name), done: make(chan struct{})}
+	c := &Capture{file: os.NewFile(uintptr(fd), "packet-"+name), done: make(chan struct{})}
 	go c.read()
 	return c, nil
 }

@@ -135,7 +135,11 @@ func copyMeshSecrets(ctx context.Context, client kubernetes.Interface, dir strin
 }
 
 // agents lists one isthmus-agent per node, in the node's namespace and
-// cgroup, pinning under the node's bpffs directory.
+// cgroup, pinning under the node's bpffs directory, with the node's own
+// WireGuard device and the socket LB on the node's cgroup. A userspace
+// WireGuard device is served by a helper process the agent starts, which
+// outlives agent restarts; it lives in the node's cgroup, so stopping the
+// lab kills it with the rest.
 func (s *Supervisor) agents() ([]ProcessSpec, error) {
 	var specs []ProcessSpec
 	for _, c := range s.lab.Clusters {
@@ -165,6 +169,12 @@ func (s *Supervisor) agents() ([]ProcessSpec, error) {
 					"--api-socket", socket,
 					"--metrics-address", netip.AddrPortFrom(n.IP, AgentMetricsPort).String(),
 					"--log-level", s.logLevel(),
+					// Nodes share the machine: a device name of their own
+					// (userspace devices have machine-wide sockets), and
+					// the socket LB for the node's processes only.
+					"--wireguard-device", n.WireGuardDevice,
+					"--wireguard-port", strconv.Itoa(topology.WireGuardPort),
+					"--socklb-cgroup", s.cfg.Cgroups.Path(n.Cgroup),
 				},
 				Netns:   n.Netns,
 				Cgroup:  n.Cgroup,

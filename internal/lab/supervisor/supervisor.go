@@ -142,6 +142,9 @@ func (s *Supervisor) start(ctx context.Context, undo *undoStack) error {
 	s.lab = lab
 	s.log.Info("underlay ready", "subnet", lab.Underlay, "hostLink", lab.HostLink)
 
+	// Runs after the node cgroups are removed (which kills the processes
+	// serving userspace WireGuard devices, leaving their sockets).
+	undo.push("WireGuard sockets", func(context.Context) error { return underlay.RemoveWireGuard(lab) })
 	for _, n := range lab.Nodes() {
 		if err := s.cfg.Cgroups.Create(n.Cgroup); err != nil {
 			return err
