@@ -220,7 +220,7 @@ func (s *apiServer) Flows(req *agentv1.FlowsRequest, stream grpc.ServerStreaming
 	past, sub := hub.Subscribe(f, int(req.Last))
 	defer sub.Close()
 	for _, ev := range past {
-		if err := stream.Send(flowMessage(ev, 0)); err != nil {
+		if err := stream.Send(flowMessage(ev, 0, s.a.flowPolicies(ev))); err != nil {
 			return err
 		}
 	}
@@ -236,7 +236,7 @@ func (s *apiServer) Flows(req *agentv1.FlowsRequest, stream grpc.ServerStreaming
 			return status.Error(codes.Unavailable, "the agent is stopping")
 		case ev := <-sub.Events():
 			lost := sub.Lost()
-			if err := stream.Send(flowMessage(ev, lost-reported)); err != nil {
+			if err := stream.Send(flowMessage(ev, lost-reported, s.a.flowPolicies(ev))); err != nil {
 				return err
 			}
 			reported = lost
@@ -285,7 +285,7 @@ var protocolByName = map[string]dpmaps.Protocol{
 	"tcp": dpmaps.ProtoTCP, "udp": dpmaps.ProtoUDP, "icmp": dpmaps.ProtoICMP, "icmpv6": dpmaps.ProtoICMPv6, "sctp": dpmaps.ProtoSCTP,
 }
 
-func flowMessage(ev tunnelpolicy.FlowEvent, lost uint64) *agentv1.Flow {
+func flowMessage(ev tunnelpolicy.FlowEvent, lost uint64, policies []string) *agentv1.Flow {
 	return &agentv1.Flow{
 		Time:                 timestamppb.New(ev.Time),
 		Source:               ev.Src.String(),
@@ -301,5 +301,6 @@ func flowMessage(ev tunnelpolicy.FlowEvent, lost uint64) *agentv1.Flow {
 		RuleId:               ev.RuleID,
 		Length:               ev.Length,
 		Lost:                 lost,
+		Policies:             policies,
 	}
 }

@@ -94,11 +94,11 @@ func TestFlowLine(t *testing.T) {
 	fl := &agentv1.Flow{
 		Time: timestamppb.New(at), Source: "10.1.0.5:40000", Destination: "10.2.0.7:8080", Protocol: "TCP",
 		Direction: "ingress", Dropped: true, Reason: "policy-deny", SourceIdentity: 65836, DestinationIdentity: 131372,
-		SourceClusterId: 1, DestinationClusterId: 9, RuleId: 7, Lost: 2,
+		SourceClusterId: 1, DestinationClusterId: 9, RuleId: 7, Lost: 2, Policies: []string{"shop/backend"},
 	}
 	got := FlowLine(fl, map[uint32]string{1: "west"})
 	want := "... 2 flows lost: this stream did not keep up\n" +
-		"Nov 21 12:00:00.000 ingress TCP  10.1.0.5:40000 (identity 65836, west) -> 10.2.0.7:8080 (identity 131372, cluster 9) DROPPED policy-deny rule 7\n"
+		"Nov 21 12:00:00.000 ingress TCP  10.1.0.5:40000 (identity 65836, west) -> 10.2.0.7:8080 (identity 131372, cluster 9) DROPPED policy-deny rule 7 policy shop/backend\n"
 	if got != want {
 		t.Errorf("got:\n%s\nwant:\n%s", got, want)
 	}

@@ -6,12 +6,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -19,6 +23,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
+	"github.com/isthmus-mesh/isthmus/agent/api/agentv1"
 	"github.com/isthmus-mesh/isthmus/apis/client"
 	"github.com/isthmus-mesh/isthmus/apis/v1alpha1"
 	dpmaps "github.com/isthmus-mesh/isthmus/datapath/maps"
@@ -40,7 +45,8 @@ const (
 
 // TestMeshNetworkPolicy brings up two connected clusters and checks the
 // promises of MeshNetworkPolicy on real traffic: backends in cluster 2
-// admit frontends of cluster 1 on the allowed ports only and nobody else;
+// admit frontends of cluster 1 on the allowed ports only and nobody else,
+// and the agent's flow events name the policy behind each verdict;
 // a new frontend pod is admitted without a policy change; replies of
 // allowed connections are never dropped, also across policy revisions
 // during long transfers both ways; a policy naming a cluster that does
@@ -102,6 +108,27 @@ func TestMeshNetworkPolicy(t *testing.T) {
 		if d := backendNode.counters(t).sub(before); d[tunnelpolicy.ReasonNoMatch].Packets == 0 {
 			t.Errorf("the backend's node counted no policy-no-match drops: %v", d)
 		}
+	})
+
+	t.Run("flow events name the policy behind the verdict", func(t *testing.T) {
+		api := agentAPI(t, l, backend.Spec.NodeName)
+		policy := ns + "/backend"
+		want := map[string]flowWant{
+			"frontend allowed": {src: frontend.Status.PodIP, reason: "allowed-by-policy", policy: policy},
+			"other dropped":    {src: other.Status.PodIP, dropped: true, reason: "policy-no-match", policy: policy},
+		}
+		eventually(ctx, t, "flow events of both verdicts on the backend's node", func() error {
+			got, err := flowsTo(ctx, api, backend.Status.PodIP, allowedPort)
+			if err != nil {
+				return err
+			}
+			for what, w := range want {
+				if !slices.ContainsFunc(got, w.matches) {
+					return fmt.Errorf("no flow event %s (%+v) among %d: %v", what, w, len(got), got)
+				}
+			}
+			return nil
+		})
 	})
 
 	t.Run("a new frontend pod gets access without a policy change", func(t *testing.T) {
@@ -370,6 +397,53 @@ func iperfBytes(t *testing.T, report []byte) (sent, received int64) {
 		t.Fatalf("iperf3: %s", r.Error)
 	}
 	return r.End.SumSent.Bytes, r.End.SumReceivedBidir.Bytes
+}
+
+// agentAPI dials the local API of the agent of a lab node.
+func agentAPI(t *testing.T, l *lab.Lab, node string) agentv1.AgentClient {
+	t.Helper()
+	socket := filepath.Join(l.Dir.NodeDir(node), "agent", "agent.sock")
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return agentv1.NewAgentClient(conn)
+}
+
+// flowsTo returns the flow events the agent keeps of ingress traffic to
+// ip:port.
+func flowsTo(ctx context.Context, api agentv1.AgentClient, ip string, port int) ([]*agentv1.Flow, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	stream, err := api.Flows(ctx, &agentv1.FlowsRequest{Last: 1024, Direction: "ingress", Address: ip, Port: uint32(port)})
+	if err != nil {
+		return nil, err
+	}
+	var out []*agentv1.Flow
+	for {
+		fl, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+		out = append(out, fl)
+	}
+}
+
+// flowWant describes a flow event to find.
+type flowWant struct {
+	src     string
+	dropped bool
+	reason  string
+	policy  string
+}
+
+func (w flowWant) matches(fl *agentv1.Flow) bool {
+	host, _, _ := strings.Cut(fl.Source, ":")
+	return host == w.src && fl.Dropped == w.dropped && fl.Reason == w.reason && slices.Equal(fl.Policies, []string{w.policy})
 }
 
 // node is a lab node's pinned maps, opened from the test.

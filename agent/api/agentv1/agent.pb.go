@@ -1627,7 +1627,12 @@ type Flow struct {
 	Length uint32 `protobuf:"varint,13,opt,name=length,proto3" json:"length,omitempty"`
 	// lost counts matching events this stream skipped, since the previous
 	// message, because the client did not keep up.
-	Lost          uint64 `protobuf:"varint,14,opt,name=lost,proto3" json:"lost,omitempty"`
+	Lost uint64 `protobuf:"varint,14,opt,name=lost,proto3" json:"lost,omitempty"`
+	// policies are the MeshNetworkPolicies (namespace/name) behind the
+	// verdict: the one whose entry allowed the flow (rule_id), or, for a
+	// policy-no-match drop, those that put the local endpoint into default
+	// deny in this direction. Empty where no policy decided.
+	Policies      []string `protobuf:"bytes,15,rep,name=policies,proto3" json:"policies,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1758,6 +1763,13 @@ func (x *Flow) GetLost() uint64 {
 		return x.Lost
 	}
 	return 0
+}
+
+func (x *Flow) GetPolicies() []string {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
 }
 
 var File_agent_proto protoreflect.FileDescriptor
@@ -1898,7 +1910,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x04port\x18\a \x01(\rR\x04port\x12\x1a\n" +
 	"\bidentity\x18\b \x01(\rR\bidentity\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\t \x01(\rR\tclusterId\"\xdf\x03\n" +
+	"cluster_id\x18\t \x01(\rR\tclusterId\"\xfb\x03\n" +
 	"\x04Flow\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12 \n" +
@@ -1914,7 +1926,8 @@ const file_agent_proto_rawDesc = "" +
 	"\x16destination_cluster_id\x18\v \x01(\rR\x14destinationClusterId\x12\x17\n" +
 	"\arule_id\x18\f \x01(\rR\x06ruleId\x12\x16\n" +
 	"\x06length\x18\r \x01(\rR\x06length\x12\x12\n" +
-	"\x04lost\x18\x0e \x01(\x04R\x04lost*C\n" +
+	"\x04lost\x18\x0e \x01(\x04R\x04lost\x12\x1a\n" +
+	"\bpolicies\x18\x0f \x03(\tR\bpolicies*C\n" +
 	"\aVerdict\x12\x0f\n" +
 	"\vVERDICT_ANY\x10\x00\x12\x13\n" +
 	"\x0fVERDICT_DROPPED\x10\x01\x12\x12\n" +
