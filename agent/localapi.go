@@ -69,6 +69,25 @@ func (s *apiServer) Status(context.Context, *agentv1.StatusRequest) (*agentv1.St
 			PinPath:    filepath.Join(a.maps.Root(), m.name),
 		})
 	}
+	if a.policy != nil {
+		ps := a.policy.Stats()
+		resp.Policy = &agentv1.PolicyStatus{
+			Policies: uint32(ps.Policies), InvalidPolicies: uint32(ps.InvalidPolicies),
+			Identities: uint32(ps.Identities), NodeIdentities: uint32(ps.NodeIdentities),
+			Entries: uint32(ps.Entries), EnforcedIdentities: uint32(ps.EnforcedIdentities),
+			Synced: ps.Synced, DefaultDeny: a.cfg.PolicyDefaultDeny,
+		}
+		for _, m := range []struct {
+			name    string
+			entries int
+		}{{dpmaps.NamePolicy, ps.Entries}, {dpmaps.NameEnforcement, ps.EnforcedIdentities}} {
+			resp.Maps = append(resp.Maps, &agentv1.MapStatus{
+				Name: m.name, Entries: uint64(m.entries),
+				MaxEntries: uint64(a.maps.Map(m.name).MaxEntries()),
+				PinPath:    filepath.Join(a.maps.Root(), m.name),
+			})
+		}
+	}
 	return resp, nil
 }
 

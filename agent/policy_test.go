@@ -106,6 +106,14 @@ func TestAgentEnforcesPolicies(t *testing.T) {
 		return nil
 	})
 
+	st, err := status(api)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := st.Policy; p == nil || p.Policies != 1 || p.InvalidPolicies != 0 || p.NodeIdentities != 1 || p.Entries != 1 || p.EnforcedIdentities != 1 || !p.Synced {
+		t.Errorf("status reports policy %+v", p)
+	}
+
 	// east leaves the mesh: its identities and so its entries go; backend
 	// stays in default deny.
 	meshconfig.DeleteEntry(w.secret, "east")

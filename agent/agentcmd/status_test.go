@@ -61,6 +61,7 @@ func TestWriteStatusDatapath(t *testing.T) {
 				Skipped:       []*agentv1.SkippedNode{{Cluster: "east", Node: "e7", Reason: "no-key"}},
 			},
 		},
+		Policy: &agentv1.PolicyStatus{Policies: 3, InvalidPolicies: 1, Identities: 40, NodeIdentities: 2, Entries: 12, EnforcedIdentities: 2, Synced: true},
 	}
 	var b strings.Builder
 	if err := WriteStatus(&b, st, now); err != nil {
@@ -73,6 +74,8 @@ func TestWriteStatusDatapath(t *testing.T) {
 		"published on the Node: yes",
 		"peers: 3 (1 kept until the mesh is read again), last reconcile:",
 		"no peer for east/e7: no-key",
+		"MeshNetworkPolicy: 3 policies (1 invalid, allowing nothing), maps written: yes, mesh-wide default deny: no",
+		"40 identities known, 2 with pods on this node; 12 allow entries, 2 identities in default deny",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status output lacks %q:\n%s", want, out)
@@ -80,11 +83,12 @@ func TestWriteStatusDatapath(t *testing.T) {
 	}
 
 	st.Datapath = &agentv1.DatapathStatus{}
+	st.Policy = nil
 	b.Reset()
 	if err := WriteStatus(&b, st, now); err != nil {
 		t.Fatal(err)
 	}
-	if out := b.String(); !strings.Contains(out, "WireGuard: disabled") || !strings.Contains(out, "socket load balancer: not attached") {
+	if out := b.String(); !strings.Contains(out, "WireGuard: disabled") || !strings.Contains(out, "socket load balancer: not attached") || !strings.Contains(out, "MeshNetworkPolicy: not enforced") {
 		t.Errorf("status without datapath parts:\n%s", out)
 	}
 }
