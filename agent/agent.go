@@ -1,7 +1,8 @@
 // Package agent is the Isthmus node agent: it reads every cluster of the
 // mesh (agent/clustermesh, agent/remotecluster), merges their state with the
 // local cluster's global Services (agent/state, agent/localservices),
-// programs the pinned BPF maps (agent/reconcilers, datapath/maps), runs the
+// programs the pinned BPF maps (agent/reconcilers, datapath/maps) and the
+// MeshNetworkPolicies in force on the node (agent/meshpolicy), runs the
 // node's datapath — the socket load balancer (datapath/socklb), the
 // WireGuard tunnel to the other clusters' nodes (agent/tunnel) with the
 // tunnel policy programs on it (datapath/tunnelpolicy) and their flow
@@ -41,6 +42,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/agent/clustermesh"
 	"github.com/isthmus-mesh/isthmus/agent/localservices"
 	"github.com/isthmus-mesh/isthmus/agent/meshagent"
+	"github.com/isthmus-mesh/isthmus/agent/meshpolicy"
 	"github.com/isthmus-mesh/isthmus/agent/reconcilers"
 	"github.com/isthmus-mesh/isthmus/agent/remotecluster"
 	"github.com/isthmus-mesh/isthmus/agent/state"
@@ -103,9 +105,9 @@ type Config struct {
 	// Pprof serves the Go profiler under /debug/pprof/ on the metrics
 	// address, for diagnosing memory and CPU use.
 	Pprof bool
-	// ServiceNamespace limits the Services watched to one namespace.
-	// Empty means all (what a node agent does); tests that share an
-	// apiserver scope it.
+	// ServiceNamespace limits the Services and MeshNetworkPolicies watched
+	// to one namespace. Empty means all (what a node agent does); tests
+	// that share an apiserver scope it.
 	ServiceNamespace string
 
 	// WireGuard configures the node's WireGuard device: the encrypted
@@ -127,11 +129,16 @@ type Config struct {
 	// socket LB is not attached.
 	SocketLBCgroup string
 	// Mesh is the isthmus.dev API client; the agent writes the node's
-	// MeshAgent status with it. Nil means no MeshAgent is written.
+	// MeshAgent status and reads the local cluster's MeshNetworkPolicies
+	// with it. Nil means no MeshAgent is written and no policy is
+	// enforced (the policy maps keep what they hold).
 	Mesh *meshclient.Clientset
 	// MeshAgentHeartbeat is the longest time between MeshAgent status
 	// writes. Zero means meshagent.DefaultHeartbeat.
 	MeshAgentHeartbeat time.Duration
+	// PolicyDefaultDeny turns on the mesh-wide default deny: endpoints no
+	// MeshNetworkPolicy selects pass no cross-cluster traffic.
+	PolicyDefaultDeny bool
 }
 
 func (c *Config) setDefaults() {
@@ -190,6 +197,7 @@ type Agent struct {
 	services   *localservices.Watcher
 	ipcache    *reconcilers.IPCacheReconciler
 	svcRec     *reconcilers.ServiceReconciler
+	policy     *meshpolicy.Reconciler // nil: policy not enforced
 	broadcast  events.EventBroadcaster
 	syncedOnce atomic.Bool
 	dp         datapath
@@ -260,6 +268,9 @@ func New(logger *slog.Logger, cfg Config) (_ *Agent, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if a.policy, err = newPolicyReconciler(logger, cfg, a.state, a.maps); err != nil {
+		return nil, err
+	}
 	// The datapath: socket LB, WireGuard tunnel and the tunnel policy
 	// programs on it. The programs read the policy and enforcement maps
 	// (a.maps.Policy, a.maps.Enforcement) and allow everything until
@@ -313,6 +324,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Go(func() { a.services.Run(ctx) })
 	wg.Go(func() { a.ipcache.Run(ctx) })
 	wg.Go(func() { a.svcRec.Run(ctx) })
+	if a.policy != nil {
+		wg.Go(func() { a.policy.Run(ctx) })
+	}
 	wg.Go(func() { a.initialSync(ctx) })
 	a.runDatapath(ctx, &wg)
 	if a.meshAgent != nil {
@@ -405,6 +419,9 @@ wait:
 	}
 	a.ipcache.AllowPrune()
 	a.svcRec.AllowPrune()
+	if a.policy != nil {
+		a.policy.AllowPrune()
+	}
 	if a.dp.tunnel != nil {
 		a.dp.tunnel.AllowPrune()
 	}

@@ -18,6 +18,7 @@ func TestImportBoundaries(t *testing.T) {
 		"agent/reconcilers":   {"agent/remotecluster", "agent/clustermesh", "agent/localservices", "k8s.io/client-go"},
 		"agent/clustermesh":   {"datapath/", "agent/reconcilers"},
 		"agent/localservices": {"datapath/", "agent/reconcilers", "agent/remotecluster"},
+		"agent/meshpolicy":    {"agent/remotecluster", "agent/clustermesh", "agent/localservices", "agent/reconcilers", "agent/tunnel", "agent/flows"},
 		"agent/api/agentv1":   {""}, // nothing of the module
 		"agent/tunnel":        {"k8s.io/", "agent/remotecluster", "agent/clustermesh", "agent/localservices", "agent/reconcilers", "agent/flows"},
 		"agent/flows":         {"k8s.io/", "agent/state", "agent/remotecluster", "agent/clustermesh", "agent/tunnel", "agent/reconcilers"},
@@ -37,7 +38,7 @@ func TestImportBoundaries(t *testing.T) {
 		t.Fatalf("go tool not in PATH: %v", err)
 	}
 	for _, pkg := range []string{"agent", "agent/remotecluster", "agent/state", "agent/reconcilers", "agent/clustermesh", "agent/localservices", "agent/agentcmd", "agent/api/agentv1",
-		"agent/tunnel", "agent/flows", "agent/nodekey", "agent/meshagent"} {
+		"agent/tunnel", "agent/flows", "agent/nodekey", "agent/meshagent", "agent/meshpolicy"} {
 		out, err := exec.Command(gobin, "list", "-deps", "-f", "{{.ImportPath}}", mod+pkg).CombinedOutput()
 		if err != nil {
 			t.Fatalf("go list %s: %v\n%s", pkg, err, out)

@@ -69,6 +69,25 @@ func (s *apiServer) Status(context.Context, *agentv1.StatusRequest) (*agentv1.St
 			PinPath:    filepath.Join(a.maps.Root(), m.name),
 		})
 	}
+	if a.policy != nil {
+		ps := a.policy.Stats()
+		resp.Policy = &agentv1.PolicyStatus{
+			Policies: uint32(ps.Policies), InvalidPolicies: uint32(ps.InvalidPolicies),
+			Identities: uint32(ps.Identities), NodeIdentities: uint32(ps.NodeIdentities),
+			Entries: uint32(ps.Entries), EnforcedIdentities: uint32(ps.EnforcedIdentities),
+			Synced: ps.Synced, DefaultDeny: a.cfg.PolicyDefaultDeny,
+		}
+		for _, m := range []struct {
+			name    string
+			entries int
+		}{{dpmaps.NamePolicy, ps.Entries}, {dpmaps.NameEnforcement, ps.EnforcedIdentities}} {
+			resp.Maps = append(resp.Maps, &agentv1.MapStatus{
+				Name: m.name, Entries: uint64(m.entries),
+				MaxEntries: uint64(a.maps.Map(m.name).MaxEntries()),
+				PinPath:    filepath.Join(a.maps.Root(), m.name),
+			})
+		}
+	}
 	return resp, nil
 }
 
@@ -220,7 +239,7 @@ func (s *apiServer) Flows(req *agentv1.FlowsRequest, stream grpc.ServerStreaming
 	past, sub := hub.Subscribe(f, int(req.Last))
 	defer sub.Close()
 	for _, ev := range past {
-		if err := stream.Send(flowMessage(ev, 0)); err != nil {
+		if err := stream.Send(flowMessage(ev, 0, s.a.flowPolicies(ev))); err != nil {
 			return err
 		}
 	}
@@ -236,7 +255,7 @@ func (s *apiServer) Flows(req *agentv1.FlowsRequest, stream grpc.ServerStreaming
 			return status.Error(codes.Unavailable, "the agent is stopping")
 		case ev := <-sub.Events():
 			lost := sub.Lost()
-			if err := stream.Send(flowMessage(ev, lost-reported)); err != nil {
+			if err := stream.Send(flowMessage(ev, lost-reported, s.a.flowPolicies(ev))); err != nil {
 				return err
 			}
 			reported = lost
@@ -285,7 +304,7 @@ var protocolByName = map[string]dpmaps.Protocol{
 	"tcp": dpmaps.ProtoTCP, "udp": dpmaps.ProtoUDP, "icmp": dpmaps.ProtoICMP, "icmpv6": dpmaps.ProtoICMPv6, "sctp": dpmaps.ProtoSCTP,
 }
 
-func flowMessage(ev tunnelpolicy.FlowEvent, lost uint64) *agentv1.Flow {
+func flowMessage(ev tunnelpolicy.FlowEvent, lost uint64, policies []string) *agentv1.Flow {
 	return &agentv1.Flow{
 		Time:                 timestamppb.New(ev.Time),
 		Source:               ev.Src.String(),
@@ -301,5 +320,6 @@ func flowMessage(ev tunnelpolicy.FlowEvent, lost uint64) *agentv1.Flow {
 		RuleId:               ev.RuleID,
 		Length:               ev.Length,
 		Lost:                 lost,
+		Policies:             policies,
 	}
 }

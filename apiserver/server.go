@@ -180,6 +180,11 @@ func (s *Server) Run(ctx context.Context) error {
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
 	defer broadcaster.Shutdown()
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
+	status, err := s.policyStatus(broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: fieldManager}))
+	if err != nil {
+		return err
+	}
+	wg.Go(func() { status.Run(ctx) })
 	exp, err := exporter.New(s.logger.With(logfields.Component, "exporter"), exporter.Config{
 		Cluster:              s.cfg.ClusterName,
 		ClusterID:            s.cfg.ClusterID,

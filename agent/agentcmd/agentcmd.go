@@ -63,6 +63,7 @@ type options struct {
 	logLevel              string
 	logJSON               bool
 	pprof                 bool
+	policyDefaultDeny     bool
 	maps                  dpmaps.Config
 	encryption            string
 	wgDevice              string
@@ -111,11 +112,12 @@ programs the pinned BPF maps the datapath reads.`,
 	f.DurationVar(&o.initialSyncTimeout, "initial-sync-timeout", agent.DefaultInitialSyncTimeout, "how long to wait for every cluster to sync before pruning stale map entries anyway")
 	f.DurationVar(&o.heartbeatTimeout, "heartbeat-timeout", 2*time.Minute, "reconnect to a cluster whose heartbeat is older than this (twice the heartbeat interval)")
 	f.StringVar(&o.clustermeshNamespace, "clustermesh-namespace", meshconfig.Namespace, "namespace of the isthmus-clustermesh Secret")
-	f.StringVar(&o.watchNamespace, "watch-namespace", "", "watch Services in this namespace only (default: all); for tests that share an apiserver")
+	f.StringVar(&o.watchNamespace, "watch-namespace", "", "watch Services and MeshNetworkPolicies in this namespace only (default: all); for tests that share an apiserver")
 	_ = f.MarkHidden("watch-namespace")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&o.logJSON, "log-json", false, "log in JSON instead of text")
 	f.BoolVar(&o.pprof, "pprof", false, "serve the Go profiler under /debug/pprof/ on the metrics address")
+	f.BoolVar(&o.policyDefaultDeny, "policy-default-deny", false, "mesh-wide default deny: endpoints no MeshNetworkPolicy selects pass no cross-cluster traffic (set it on every node of every cluster)")
 	f.Uint32Var(&o.maps.IPCacheMaxEntries, "ipcache-max-entries", dpmaps.DefaultIPCacheMaxEntries, "size of the ipcache map")
 	f.Uint32Var(&o.maps.FrontendMaxEntries, "lb-frontend-max-entries", dpmaps.DefaultFrontendMaxEntries, "size of the service frontend map")
 	f.Uint32Var(&o.maps.SlotMaxEntries, "lb-slot-max-entries", dpmaps.DefaultSlotMaxEntries, "size of the service backend-slot map")
@@ -201,6 +203,7 @@ func (o *options) run(ctx context.Context, logOut io.Writer) error {
 		FlowHistory:          o.flowHistory,
 		SocketLBCgroup:       cgroup,
 		Mesh:                 mesh,
+		PolicyDefaultDeny:    o.policyDefaultDeny,
 	})
 	if err != nil {
 		return err

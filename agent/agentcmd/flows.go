@@ -137,6 +137,9 @@ func FlowLine(fl *agentv1.Flow, names map[uint32]string) string {
 	if fl.RuleId != 0 {
 		fmt.Fprintf(&b, " rule %d", fl.RuleId)
 	}
+	if len(fl.Policies) > 0 {
+		fmt.Fprintf(&b, " policy %s", strings.Join(fl.Policies, ","))
+	}
 	b.WriteByte('\n')
 	return b.String()
 }

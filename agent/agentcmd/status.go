@@ -147,6 +147,7 @@ func WriteStatus(w io.Writer, st *agentv1.StatusResponse, now time.Time) error {
 		}
 	}
 	writeDatapath(&b, st.Datapath, now)
+	writePolicy(&b, st.Policy)
 	if len(st.InvalidEntries) > 0 {
 		fmt.Fprintf(&b, "\nUnusable Secret entries (fix them with `isthmus connect`):\n")
 		keys := make([]string, 0, len(st.InvalidEntries))
@@ -160,6 +161,17 @@ func WriteStatus(w io.Writer, st *agentv1.StatusResponse, now time.Time) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+func writePolicy(b *strings.Builder, p *agentv1.PolicyStatus) {
+	if p == nil {
+		fmt.Fprintf(b, "\nMeshNetworkPolicy: not enforced by this agent\n")
+		return
+	}
+	fmt.Fprintf(b, "\nMeshNetworkPolicy: %d policies (%d invalid, allowing nothing), maps written: %s, mesh-wide default deny: %s\n",
+		p.Policies, p.InvalidPolicies, yesNo(p.Synced), yesNo(p.DefaultDeny))
+	fmt.Fprintf(b, "  %d identities known, %d with pods on this node; %d allow entries, %d identities in default deny\n",
+		p.Identities, p.NodeIdentities, p.Entries, p.EnforcedIdentities)
 }
 
 func writeDatapath(b *strings.Builder, dp *agentv1.DatapathStatus, now time.Time) {

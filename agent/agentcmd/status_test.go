@@ -61,6 +61,7 @@ func TestWriteStatusDatapath(t *testing.T) {
 				Skipped:       []*agentv1.SkippedNode{{Cluster: "east", Node: "e7", Reason: "no-key"}},
 			},
 		},
+		Policy: &agentv1.PolicyStatus{Policies: 3, InvalidPolicies: 1, Identities: 40, NodeIdentities: 2, Entries: 12, EnforcedIdentities: 2, Synced: true},
 	}
 	var b strings.Builder
 	if err := WriteStatus(&b, st, now); err != nil {
@@ -73,6 +74,8 @@ func TestWriteStatusDatapath(t *testing.T) {
 		"published on the Node: yes",
 		"peers: 3 (1 kept until the mesh is read again), last reconcile:",
 		"no peer for east/e7: no-key",
+		"MeshNetworkPolicy: 3 policies (1 invalid, allowing nothing), maps written: yes, mesh-wide default deny: no",
+		"40 identities known, 2 with pods on this node; 12 allow entries, 2 identities in default deny",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status output lacks %q:\n%s", want, out)
@@ -80,11 +83,12 @@ func TestWriteStatusDatapath(t *testing.T) {
 	}
 
 	st.Datapath = &agentv1.DatapathStatus{}
+	st.Policy = nil
 	b.Reset()
 	if err := WriteStatus(&b, st, now); err != nil {
 		t.Fatal(err)
 	}
-	if out := b.String(); !strings.Contains(out, "WireGuard: disabled") || !strings.Contains(out, "socket load balancer: not attached") {
+	if out := b.String(); !strings.Contains(out, "WireGuard: disabled") || !strings.Contains(out, "socket load balancer: not attached") || !strings.Contains(out, "MeshNetworkPolicy: not enforced") {
 		t.Errorf("status without datapath parts:\n%s", out)
 	}
 }
@@ -94,11 +98,11 @@ func TestFlowLine(t *testing.T) {
 	fl := &agentv1.Flow{
 		Time: timestamppb.New(at), Source: "10.1.0.5:40000", Destination: "10.2.0.7:8080", Protocol: "TCP",
 		Direction: "ingress", Dropped: true, Reason: "policy-deny", SourceIdentity: 65836, DestinationIdentity: 131372,
-		SourceClusterId: 1, DestinationClusterId: 9, RuleId: 7, Lost: 2,
+		SourceClusterId: 1, DestinationClusterId: 9, RuleId: 7, Lost: 2, Policies: []string{"shop/backend"},
 	}
 	got := FlowLine(fl, map[uint32]string{1: "west"})
 	want := "... 2 flows lost: this stream did not keep up\n" +
-		"Nov 21 12:00:00.000 ingress TCP  10.1.0.5:40000 (identity 65836, west) -> 10.2.0.7:8080 (identity 131372, cluster 9) DROPPED policy-deny rule 7\n"
+		"Nov 21 12:00:00.000 ingress TCP  10.1.0.5:40000 (identity 65836, west) -> 10.2.0.7:8080 (identity 131372, cluster 9) DROPPED policy-deny rule 7 policy shop/backend\n"
 	if got != want {
 		t.Errorf("got:\n%s\nwant:\n%s", got, want)
 	}

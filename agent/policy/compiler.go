@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -330,6 +331,32 @@ func (c *Compiler) PolicyForRule(ruleID uint32) (types.NamespacedName, bool) {
 		return types.NamespacedName{}, false
 	}
 	return p.ref, true
+}
+
+// PoliciesEnforcing returns the policies that put local identity id into
+// default deny in direction dir (those that select it as a subject and
+// have rules for dir), sorted: for naming the policies behind a drop no
+// entry allowed (a flow event with reason policy-no-match and rule ID 0).
+func (c *Compiler) PoliciesEnforcing(id protocol.NumericIdentity, dir maps.Direction) []types.NamespacedName {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ident, ok := c.index.idents[id]
+	if !ok {
+		return nil
+	}
+	var out []types.NamespacedName
+	for s := range ident.in {
+		for p := range s.subjectOf {
+			if _, subject := p.subjects[id]; !subject {
+				continue // not in force for it on this node
+			}
+			if dir == maps.Ingress && p.spec.ingress || dir == maps.Egress && p.spec.egress {
+				out = append(out, p.ref)
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b types.NamespacedName) int { return strings.Compare(a.String(), b.String()) })
+	return out
 }
 
 // TakeChanges returns what changed in the desired maps since the last

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/isthmus-mesh/isthmus/apis/v1alpha1"
 	"github.com/isthmus-mesh/isthmus/datapath/maps"
@@ -408,6 +409,17 @@ func TestInvalidPolicies(t *testing.T) {
 			enforced: true,
 		},
 		{
+			// Pruned by an old CRD, fromCIDR would leave "any peer on
+			// port 80"; refused, the rule allows nothing.
+			name: "unsupported CiliumNetworkPolicy peer",
+			spec: v1alpha1.MeshNetworkPolicySpec{Ingress: []v1alpha1.IngressRule{{
+				ToPorts:                  ports("80/TCP"),
+				UnsupportedIngressFields: v1alpha1.UnsupportedIngressFields{FromCIDR: []string{"10.0.0.0/8"}},
+			}}},
+			wantErr:  []string{"spec.ingress[0].fromCIDR: Forbidden: fromCIDR is not supported"},
+			enforced: true,
+		},
+		{
 			name:    "invalid endpointSelector: no effect at all",
 			spec:    v1alpha1.MeshNetworkPolicySpec{EndpointSelector: withExpr(sel(), "app", "Equals", "backend"), Ingress: []v1alpha1.IngressRule{ingressFrom(peers(fe2), nil)}},
 			wantErr: []string{"spec.endpointSelector.matchExpressions[0].operator"},
@@ -709,6 +721,52 @@ func TestNewRejectsBadCluster(t *testing.T) {
 	for _, name := range []string{"", "Bad_Name", strings.Repeat("a", 40)} {
 		if _, err := New(Config{Cluster: name}); err == nil {
 			t.Errorf("New(%q) succeeded", name)
+		}
+	}
+}
+
+// TestPoliciesEnforcing checks the policies named for a drop no entry
+// allowed: those that select the local identity, in force for it on this
+// node, with rules for the direction.
+func TestPoliciesEnforcing(t *testing.T) {
+	m := standardMesh(t)
+	c := newCompiler(t, Config{NodeScoped: true})
+	m.feed(c)
+	be, fe := m.id(t, "c1/shop/backend"), m.id(t, "c1/shop/frontend")
+	fe2 := m.id(t, "c2/shop/frontend")
+	ingressOnly := v1alpha1.MeshNetworkPolicySpec{EndpointSelector: sel("app", "backend"), Ingress: []v1alpha1.IngressRule{{}}}
+	egressOnly := v1alpha1.MeshNetworkPolicySpec{Egress: []v1alpha1.EgressRule{{}}} // the whole namespace
+	for name, spec := range map[string]v1alpha1.MeshNetworkPolicySpec{"b-ingress": ingressOnly, "a-ingress": ingressOnly, "egress": egressOnly} {
+		if err := c.UpsertPolicy(mnp("shop", name, spec)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := c.PoliciesEnforcing(be, maps.Ingress); len(got) != 0 {
+		t.Errorf("before backend is on this node: %v", got)
+	}
+	c.SetNodeIdentity(be, true)
+	c.SetNodeIdentity(fe, true)
+	names := func(refs []types.NamespacedName) string {
+		var s []string
+		for _, r := range refs {
+			s = append(s, r.String())
+		}
+		return strings.Join(s, ",")
+	}
+	for _, tc := range []struct {
+		id   protocol.NumericIdentity
+		dir  maps.Direction
+		want string
+	}{
+		{be, maps.Ingress, "shop/a-ingress,shop/b-ingress"},
+		{be, maps.Egress, "shop/egress"},
+		{fe, maps.Ingress, ""},
+		{fe, maps.Egress, "shop/egress"},
+		{fe2, maps.Ingress, ""}, // remote: never a subject
+		{12345, maps.Ingress, ""},
+	} {
+		if got := names(c.PoliciesEnforcing(tc.id, tc.dir)); got != tc.want {
+			t.Errorf("PoliciesEnforcing(%s, %s) = %q, want %q", m.nameOf(tc.id), tc.dir, got, tc.want)
 		}
 	}
 }

@@ -67,8 +67,10 @@
 //     produce it, and PolicyForRule turns a flow event's rule ID back into
 //     the policy.
 //   - Invalid policies (a bad selector operator, key or value; a bad or
-//     named port; an unknown protocol) get Accepted=False with reason
-//     Invalid and every problem named (AcceptedCondition). Such a policy
+//     named port; an unknown protocol; a CiliumNetworkPolicy field
+//     MeshNetworkPolicy does not support, such as fromCIDR or L7 rules),
+//     as apis/v1alpha1/validation defines them, get Accepted=False with
+//     reason Invalid and every problem named (AcceptedCondition). Such a policy
 //     allows nothing, but when its endpointSelector is valid the endpoints
 //     it selects still go into default deny in the directions it has rules
 //     for, exactly as if it were valid: a mistake in a policy must never

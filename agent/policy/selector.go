@@ -5,10 +5,9 @@ import (
 	"slices"
 	"strings"
 
-	"k8s.io/apimachinery/pkg/api/validate/content"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/validation/field"
 
+	"github.com/isthmus-mesh/isthmus/apis/v1alpha1/validation"
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
 )
 
@@ -34,11 +33,6 @@ func (o operator) String() string {
 		return "DoesNotExist"
 	}
 	return fmt.Sprintf("operator(%d)", uint8(o))
-}
-
-var supportedOperators = []string{
-	string(metav1.LabelSelectorOpIn), string(metav1.LabelSelectorOpNotIn),
-	string(metav1.LabelSelectorOpExists), string(metav1.LabelSelectorOpDoesNotExist),
 }
 
 // requirement is one term of a selector, with Kubernetes label selector
@@ -126,91 +120,26 @@ func (s selectorSpec) String() string {
 	return "{" + strings.Join(parts, ", ") + "}"
 }
 
-// parseSelector validates a label selector and returns its requirements.
-// Keys may carry the source prefix "k8s:" or "any:" (CiliumNetworkPolicy
-// spelling); every security label the mesh has comes from source k8s, so
-// both mean the bare key.
-func parseSelector(sel *metav1.LabelSelector, path *field.Path) ([]requirement, field.ErrorList) {
-	var errs field.ErrorList
-	reqs := make([]requirement, 0, len(sel.MatchLabels)+len(sel.MatchExpressions))
-	for _, k := range sortedKeys(sel.MatchLabels) {
-		p := path.Child("matchLabels").Key(k)
-		key, kerrs := parseLabelKey(k, p)
-		errs = append(errs, kerrs...)
-		v := sel.MatchLabels[k]
-		errs = append(errs, validateLabelValue(v, p)...)
-		reqs = append(reqs, requirement{key: key, op: opIn, values: []string{v}})
-	}
-	for i, e := range sel.MatchExpressions {
-		p := path.Child("matchExpressions").Index(i)
-		key, kerrs := parseLabelKey(e.Key, p.Child("key"))
-		errs = append(errs, kerrs...)
-		r := requirement{key: key}
-		switch e.Operator {
-		case metav1.LabelSelectorOpIn, metav1.LabelSelectorOpNotIn:
+// requirementsOf converts validated selector requirements.
+func requirementsOf(vs []validation.Requirement) []requirement {
+	reqs := make([]requirement, 0, len(vs))
+	for _, v := range vs {
+		r := requirement{key: v.Key, values: v.Values}
+		switch v.Operator {
+		case metav1.LabelSelectorOpIn:
 			r.op = opIn
-			if e.Operator == metav1.LabelSelectorOpNotIn {
-				r.op = opNotIn
-			}
-			if len(e.Values) == 0 {
-				errs = append(errs, field.Required(p.Child("values"), fmt.Sprintf("operator %s needs at least one value", e.Operator)))
-			}
-			for j, v := range e.Values {
-				errs = append(errs, validateLabelValue(v, p.Child("values").Index(j))...)
-			}
-			r.values = slices.Compact(slices.Sorted(slices.Values(e.Values)))
-		case metav1.LabelSelectorOpExists, metav1.LabelSelectorOpDoesNotExist:
+		case metav1.LabelSelectorOpNotIn:
+			r.op = opNotIn
+		case metav1.LabelSelectorOpExists:
 			r.op = opExists
-			if e.Operator == metav1.LabelSelectorOpDoesNotExist {
-				r.op = opDoesNotExist
-			}
-			if len(e.Values) > 0 {
-				errs = append(errs, field.Forbidden(p.Child("values"), fmt.Sprintf("operator %s takes no values", e.Operator)))
-			}
+		case metav1.LabelSelectorOpDoesNotExist:
+			r.op = opDoesNotExist
 		default:
-			errs = append(errs, field.NotSupported(p.Child("operator"), e.Operator, supportedOperators))
+			panic("policy: unvalidated selector operator " + string(v.Operator))
 		}
 		reqs = append(reqs, r)
 	}
-	return reqs, errs
-}
-
-// maxLabelKeyLength bounds a label key: a DNS subdomain prefix, '/', a name.
-const maxLabelKeyLength = 253 + 1 + 63
-
-func parseLabelKey(k string, path *field.Path) (string, field.ErrorList) {
-	key := k
-	if src, rest, ok := strings.Cut(k, ":"); ok {
-		if src != protocol.SourceK8s && src != "any" {
-			return "", field.ErrorList{field.Invalid(path, k, fmt.Sprintf(
-				"label source %q is not supported: MeshNetworkPolicy selects Kubernetes labels; write the key bare or with the prefix k8s:", src))}
-		}
-		key = rest
-	}
-	// Not the strict Kubernetes label key syntax: keys such as
-	// io.cilium.k8s.namespace.labels.<key> grow past its 63-character name
-	// limit. Only characters no label key can hold are refused.
-	switch {
-	case key == "":
-		return "", field.ErrorList{field.Invalid(path, k, "label key is empty")}
-	case len(key) > maxLabelKeyLength:
-		return "", field.ErrorList{field.TooLong(path, k, maxLabelKeyLength)}
-	}
-	for _, c := range key {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.' || c == '/') {
-			return "", field.ErrorList{field.Invalid(path, k, fmt.Sprintf(
-				"label key holds %q; a key consists of letters, digits, '-', '_', '.' and '/'", c))}
-		}
-	}
-	return key, nil
-}
-
-func validateLabelValue(v string, path *field.Path) field.ErrorList {
-	var errs field.ErrorList
-	for _, msg := range content.IsLabelValue(v) {
-		errs = append(errs, field.Invalid(path, v, msg))
-	}
-	return errs
+	return reqs
 }
 
 // peerSelector applies the peer defaults: without a cluster requirement a
@@ -245,13 +174,4 @@ func subjectSelector(reqs []requirement, namespace, cluster string) selectorSpec
 		requirement{key: protocol.LabelPodNamespace, op: opIn, values: []string{namespace}},
 	)
 	return newSelectorSpec(reqs)
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }

@@ -3,13 +3,13 @@ package policy
 import (
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"github.com/isthmus-mesh/isthmus/apis/v1alpha1"
+	"github.com/isthmus-mesh/isthmus/apis/v1alpha1/validation"
 	"github.com/isthmus-mesh/isthmus/datapath/maps"
 )
 
@@ -25,22 +25,20 @@ func (e *InvalidPolicyError) Error() string {
 }
 
 // Detail lists the problems without naming the policy, for its status.
-func (e *InvalidPolicyError) Detail() string {
-	msgs := make([]string, 0, len(e.Errs))
-	for _, fe := range e.Errs {
-		msgs = append(msgs, fe.Error())
-	}
-	return strings.Join(msgs, "; ")
-}
+func (e *InvalidPolicyError) Detail() string { return validation.Detail(e.Errs) }
 
 // Validate reports whether p is a policy the compiler accepts; a non-nil
-// error is an *InvalidPolicyError. It is the check behind the Accepted
-// condition and needs no cluster state, so any component can run it.
+// error is an *InvalidPolicyError. It is validation.ValidateMeshNetworkPolicy,
+// the check behind the Accepted condition, and needs no cluster state.
 func Validate(p *v1alpha1.MeshNetworkPolicy) error {
-	if s := compilePolicy(p, ""); s.err != nil {
-		return s.err
+	return errOrNil(invalid(p, validation.ValidateMeshNetworkPolicy(p)))
+}
+
+func invalid(p *v1alpha1.MeshNetworkPolicy, errs field.ErrorList) *InvalidPolicyError {
+	if len(errs) == 0 {
+		return nil
 	}
-	return nil
+	return &InvalidPolicyError{Namespace: p.Namespace, Name: p.Name, Errs: errs}
 }
 
 // portProto is one (port, protocol) a rule allows; port 0 is any port,
@@ -111,36 +109,23 @@ func (s policySpec) equalEffect(o policySpec) bool {
 // traffic the policy was written to restrict. See the package doc.
 func compilePolicy(p *v1alpha1.MeshNetworkPolicy, cluster string) policySpec {
 	s := policySpec{namespace: p.Namespace, name: p.Name, generation: p.Generation}
-	var errs field.ErrorList
-	if p.Namespace == "" {
-		errs = append(errs, field.Required(field.NewPath("metadata", "namespace"), "a MeshNetworkPolicy is namespaced"))
-	}
 	spec := field.NewPath("spec")
-	subj, serrs := parseSelector(&p.Spec.EndpointSelector, spec.Child("endpointSelector"))
+	subj, serrs := validation.ParseSelector(&p.Spec.EndpointSelector, spec.Child("endpointSelector"))
 	if len(serrs) == 0 && p.Namespace != "" {
-		sel := subjectSelector(subj, p.Namespace, cluster)
+		sel := subjectSelector(requirementsOf(subj), p.Namespace, cluster)
 		s.subject = &sel
 	}
-	errs = append(errs, serrs...)
 	s.ingress = len(p.Spec.Ingress) > 0
 	s.egress = len(p.Spec.Egress) > 0
-
-	var rules []ruleSpec
-	for i, r := range p.Spec.Ingress {
-		rs, rerrs := compileRule(maps.Ingress, r.FromEndpoints, r.ToPorts, p.Namespace, cluster,
-			spec.Child("ingress").Index(i), "fromEndpoints")
-		errs = append(errs, rerrs...)
-		rules = append(rules, rs)
-	}
-	for i, r := range p.Spec.Egress {
-		rs, rerrs := compileRule(maps.Egress, r.ToEndpoints, r.ToPorts, p.Namespace, cluster,
-			spec.Child("egress").Index(i), "toEndpoints")
-		errs = append(errs, rerrs...)
-		rules = append(rules, rs)
-	}
-	if len(errs) > 0 {
-		s.err = &InvalidPolicyError{Namespace: p.Namespace, Name: p.Name, Errs: errs}
+	if s.err = invalid(p, validation.ValidateMeshNetworkPolicy(p)); s.err != nil {
 		return s
+	}
+	var rules []ruleSpec
+	for _, r := range p.Spec.Ingress {
+		rules = append(rules, compileRule(maps.Ingress, r.FromEndpoints, r.ToPorts, p.Namespace, cluster))
+	}
+	for _, r := range p.Spec.Egress {
+		rules = append(rules, compileRule(maps.Egress, r.ToEndpoints, r.ToPorts, p.Namespace, cluster))
 	}
 	// A rule that can match nothing (`{}`) still counts for the direction
 	// above, and is dropped here.
@@ -148,51 +133,37 @@ func compilePolicy(p *v1alpha1.MeshNetworkPolicy, cluster string) policySpec {
 	return s
 }
 
-func compileRule(dir maps.Direction, peers []metav1.LabelSelector, toPorts []v1alpha1.PortRule, namespace, cluster string, path *field.Path, peersField string) (ruleSpec, field.ErrorList) {
+// compileRule compiles a rule of a valid policy.
+func compileRule(dir maps.Direction, peers []metav1.LabelSelector, toPorts []v1alpha1.PortRule, namespace, cluster string) ruleSpec {
 	r := ruleSpec{dir: dir}
-	var errs field.ErrorList
 	seen := make(map[string]bool, len(peers))
 	for i := range peers {
-		reqs, perrs := parseSelector(&peers[i], path.Child(peersField).Index(i))
-		if len(perrs) > 0 {
-			errs = append(errs, perrs...)
-			continue
-		}
-		sel := peerSelector(reqs, namespace, cluster)
+		reqs, _ := validation.ParseSelector(&peers[i], nil) // valid: checked before
+		sel := peerSelector(requirementsOf(reqs), namespace, cluster)
 		if !seen[sel.key] {
 			seen[sel.key] = true
 			r.peers = append(r.peers, sel)
 		}
 	}
 	slices.SortFunc(r.peers, func(a, b selectorSpec) int { return strings.Compare(a.key, b.key) })
-	ports, perrs := compilePorts(toPorts, path.Child("toPorts"))
-	errs = append(errs, perrs...)
-	r.ports = ports
+	r.ports = compilePorts(toPorts)
 	// Ports without peers: any peer on those ports. Neither: nothing.
 	r.anyPeer = len(peers) == 0 && len(toPorts) > 0
-	return r, errs
+	return r
 }
 
-// compilePorts expands toPorts into (port, protocol) pairs. No toPorts means
-// every port of every protocol; ANY with a port means TCP, UDP and SCTP on
-// it (the map needs a protocol with a port). Pairs another pair of the same
-// rule covers are dropped.
-func compilePorts(rules []v1alpha1.PortRule, path *field.Path) ([]portProto, field.ErrorList) {
+// compilePorts expands the toPorts of a valid policy into (port, protocol)
+// pairs. No toPorts means every port of every protocol; ANY with a port
+// means TCP, UDP and SCTP on it (the map needs a protocol with a port).
+// Pairs another pair of the same rule covers are dropped.
+func compilePorts(rules []v1alpha1.PortRule) []portProto {
 	if len(rules) == 0 {
-		return []portProto{{0, maps.ProtoAny}}, nil
+		return []portProto{{0, maps.ProtoAny}}
 	}
-	var errs field.ErrorList
 	var out []portProto
-	for i, pr := range rules {
-		pp := path.Index(i).Child("ports")
-		if len(pr.Ports) == 0 {
-			errs = append(errs, field.Required(pp, "list at least one port; to allow every port, leave out toPorts"))
-		}
-		for j, pt := range pr.Ports {
-			port, perr := parsePort(pt.Port, pp.Index(j).Child("port"))
-			if perr != nil {
-				errs = append(errs, perr)
-			}
+	for _, pr := range rules {
+		for _, pt := range pr.Ports {
+			port, _ := validation.ParsePort(pt.Port, nil) // valid: checked before
 			switch pt.Protocol {
 			case "", v1alpha1.ProtocolAny:
 				if port == 0 {
@@ -206,13 +177,10 @@ func compilePorts(rules []v1alpha1.PortRule, path *field.Path) ([]portProto, fie
 				out = append(out, portProto{port, maps.ProtoUDP})
 			case v1alpha1.ProtocolSCTP:
 				out = append(out, portProto{port, maps.ProtoSCTP})
-			default:
-				errs = append(errs, field.NotSupported(pp.Index(j).Child("protocol"), pt.Protocol,
-					[]v1alpha1.Protocol{v1alpha1.ProtocolTCP, v1alpha1.ProtocolUDP, v1alpha1.ProtocolSCTP, v1alpha1.ProtocolAny}))
 			}
 		}
 	}
-	return coverPorts(out), errs
+	return coverPorts(out)
 }
 
 // coverPorts sorts and deduplicates ps and drops the pairs another one
@@ -237,20 +205,4 @@ func coverPorts(ps []portProto) []portProto {
 	}
 	slices.SortFunc(out, comparePortProto)
 	return slices.Compact(out)
-}
-
-func parsePort(s string, path *field.Path) (uint16, *field.Error) {
-	if s == "" {
-		return 0, nil
-	}
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			return 0, field.Invalid(path, s, "named ports are not supported: give the port number (1-65535)")
-		}
-	}
-	n, err := strconv.ParseUint(s, 10, 16)
-	if err != nil || n == 0 {
-		return 0, field.Invalid(path, s, "port must be a number from 1 to 65535")
-	}
-	return uint16(n), nil
 }

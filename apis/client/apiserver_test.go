@@ -11,8 +11,10 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/ptr"
 
 	"github.com/isthmus-mesh/isthmus/apis/v1alpha1"
 )
@@ -40,8 +42,8 @@ func validPolicy(namespace, name string) *v1alpha1.MeshNetworkPolicy {
 // and checks what users will meet: OpenAPI and CEL validation refusing bad
 // MeshNetworkPolicies with clear messages, defaulting, the status
 // subresource, printer columns, and the typed client and informer. (Peer
-// selectors are validated by the agent, not on admission; agent/policy
-// tests that path.)
+// selectors are validated after admission, by apis/v1alpha1/validation;
+// the mesh apiserver reports them in the Accepted condition.)
 func TestCRDsOnAPIServer(t *testing.T) {
 	k := kube.Kube(t) // skips under -short
 	cfg, ns := k.Config, k.Namespace
@@ -103,6 +105,28 @@ func TestCRDsOnAPIServer(t *testing.T) {
 		{"Exists with values in the endpointSelector", func(p *v1alpha1.MeshNetworkPolicy) {
 			p.Spec.EndpointSelector.MatchExpressions = []metav1.LabelSelectorRequirement{{Key: "app", Operator: metav1.LabelSelectorOpExists, Values: []string{"x"}}}
 		}, "matchExpressions with operator In or NotIn need values; Exists and DoesNotExist take none"},
+		// CiliumNetworkPolicy fields MeshNetworkPolicy does not support are
+		// refused, not pruned: pruned, fromCIDR would leave a rule that
+		// allows any peer on its ports.
+		{"fromCIDR", func(p *v1alpha1.MeshNetworkPolicy) {
+			p.Spec.Ingress[0].FromEndpoints = nil
+			p.Spec.Ingress[0].FromCIDR = []string{"10.0.0.0/8"}
+		}, "spec.ingress[0].fromCIDR: Forbidden: fromCIDR is not supported: MeshNetworkPolicy governs traffic between endpoints of the mesh, selected by their labels; select peers with fromEndpoints"},
+		{"toFQDNs", func(p *v1alpha1.MeshNetworkPolicy) {
+			p.Spec.Egress[0].ToFQDNs = []runtime.RawExtension{{Raw: []byte(`{"matchName":"example.com"}`)}}
+		}, "spec.egress[0].toFQDNs: Forbidden: toFQDNs is not supported"},
+		{"L7 rules", func(p *v1alpha1.MeshNetworkPolicy) {
+			p.Spec.Ingress[0].ToPorts[0].Rules = &runtime.RawExtension{Raw: []byte(`{"http":[{"method":"GET"}]}`)}
+		}, "spec.ingress[0].toPorts[0].rules: Forbidden: rules (L7) is not supported"},
+		{"endPort", func(p *v1alpha1.MeshNetworkPolicy) {
+			p.Spec.Ingress[0].ToPorts[0].Ports[0].EndPort = ptr.To[int32](8090)
+		}, "spec.ingress[0].toPorts[0].ports[0].endPort: Forbidden: endPort is not supported: list each port of the range"},
+		{"ingressDeny", func(p *v1alpha1.MeshNetworkPolicy) {
+			p.Spec.IngressDeny = []runtime.RawExtension{{Raw: []byte(`{"fromEntities":["world"]}`)}}
+		}, "spec.ingressDeny: Forbidden: ingressDeny is not supported"},
+		{"specs", func(p *v1alpha1.MeshNetworkPolicy) {
+			p.Specs = []runtime.RawExtension{{Raw: []byte(`{"endpointSelector":{}}`)}}
+		}, "specs: Forbidden: specs is not supported: write one MeshNetworkPolicy per rule, each with spec"},
 		{"too many rules", func(p *v1alpha1.MeshNetworkPolicy) {
 			for range 64 {
 				p.Spec.Egress = append(p.Spec.Egress, p.Spec.Egress[0])

@@ -130,8 +130,11 @@ type StatusResponse struct {
 	Maps           []*MapStatus      `protobuf:"bytes,10,rep,name=maps,proto3" json:"maps,omitempty"`
 	BpfRoot        string            `protobuf:"bytes,11,opt,name=bpf_root,json=bpfRoot,proto3" json:"bpf_root,omitempty"`
 	Datapath       *DatapathStatus   `protobuf:"bytes,12,opt,name=datapath,proto3" json:"datapath,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// policy is absent when the agent enforces no MeshNetworkPolicy (it has
+	// no isthmus.dev client).
+	Policy        *PolicyStatus `protobuf:"bytes,13,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -248,6 +251,122 @@ func (x *StatusResponse) GetDatapath() *DatapathStatus {
 	return nil
 }
 
+func (x *StatusResponse) GetPolicy() *PolicyStatus {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+// PolicyStatus is the MeshNetworkPolicy enforcement on this node.
+type PolicyStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// policies are the local cluster's MeshNetworkPolicies the agent
+	// compiles; invalid_policies of them allow nothing (fail closed).
+	Policies        uint32 `protobuf:"varint,1,opt,name=policies,proto3" json:"policies,omitempty"`
+	InvalidPolicies uint32 `protobuf:"varint,2,opt,name=invalid_policies,json=invalidPolicies,proto3" json:"invalid_policies,omitempty"`
+	// identities the compiler knows (every cluster), and those with pods on
+	// this node, the only ones entries are written for.
+	Identities     uint32 `protobuf:"varint,3,opt,name=identities,proto3" json:"identities,omitempty"`
+	NodeIdentities uint32 `protobuf:"varint,4,opt,name=node_identities,json=nodeIdentities,proto3" json:"node_identities,omitempty"`
+	// entries and enforced_identities are what the compiled policy puts into
+	// the isthmus_policy and isthmus_pol_enf maps.
+	Entries            uint32 `protobuf:"varint,5,opt,name=entries,proto3" json:"entries,omitempty"`
+	EnforcedIdentities uint32 `protobuf:"varint,6,opt,name=enforced_identities,json=enforcedIdentities,proto3" json:"enforced_identities,omitempty"`
+	// synced is true once the policies were listed and the maps written.
+	Synced bool `protobuf:"varint,7,opt,name=synced,proto3" json:"synced,omitempty"`
+	// default_deny is the mesh-wide default deny (--policy-default-deny).
+	DefaultDeny   bool `protobuf:"varint,8,opt,name=default_deny,json=defaultDeny,proto3" json:"default_deny,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyStatus) Reset() {
+	*x = PolicyStatus{}
+	mi := &file_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyStatus) ProtoMessage() {}
+
+func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyStatus.ProtoReflect.Descriptor instead.
+func (*PolicyStatus) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PolicyStatus) GetPolicies() uint32 {
+	if x != nil {
+		return x.Policies
+	}
+	return 0
+}
+
+func (x *PolicyStatus) GetInvalidPolicies() uint32 {
+	if x != nil {
+		return x.InvalidPolicies
+	}
+	return 0
+}
+
+func (x *PolicyStatus) GetIdentities() uint32 {
+	if x != nil {
+		return x.Identities
+	}
+	return 0
+}
+
+func (x *PolicyStatus) GetNodeIdentities() uint32 {
+	if x != nil {
+		return x.NodeIdentities
+	}
+	return 0
+}
+
+func (x *PolicyStatus) GetEntries() uint32 {
+	if x != nil {
+		return x.Entries
+	}
+	return 0
+}
+
+func (x *PolicyStatus) GetEnforcedIdentities() uint32 {
+	if x != nil {
+		return x.EnforcedIdentities
+	}
+	return 0
+}
+
+func (x *PolicyStatus) GetSynced() bool {
+	if x != nil {
+		return x.Synced
+	}
+	return false
+}
+
+func (x *PolicyStatus) GetDefaultDeny() bool {
+	if x != nil {
+		return x.DefaultDeny
+	}
+	return false
+}
+
 // DatapathStatus is what the agent runs beside the maps.
 type DatapathStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -265,7 +384,7 @@ type DatapathStatus struct {
 
 func (x *DatapathStatus) Reset() {
 	*x = DatapathStatus{}
-	mi := &file_agent_proto_msgTypes[2]
+	mi := &file_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -277,7 +396,7 @@ func (x *DatapathStatus) String() string {
 func (*DatapathStatus) ProtoMessage() {}
 
 func (x *DatapathStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[2]
+	mi := &file_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -290,7 +409,7 @@ func (x *DatapathStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DatapathStatus.ProtoReflect.Descriptor instead.
 func (*DatapathStatus) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{2}
+	return file_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *DatapathStatus) GetWireguard() *WireGuardStatus {
@@ -344,7 +463,7 @@ type WireGuardStatus struct {
 
 func (x *WireGuardStatus) Reset() {
 	*x = WireGuardStatus{}
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -356,7 +475,7 @@ func (x *WireGuardStatus) String() string {
 func (*WireGuardStatus) ProtoMessage() {}
 
 func (x *WireGuardStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -369,7 +488,7 @@ func (x *WireGuardStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WireGuardStatus.ProtoReflect.Descriptor instead.
 func (*WireGuardStatus) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{3}
+	return file_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *WireGuardStatus) GetDevice() string {
@@ -483,7 +602,7 @@ type SkippedNode struct {
 
 func (x *SkippedNode) Reset() {
 	*x = SkippedNode{}
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -495,7 +614,7 @@ func (x *SkippedNode) String() string {
 func (*SkippedNode) ProtoMessage() {}
 
 func (x *SkippedNode) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -508,7 +627,7 @@ func (x *SkippedNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SkippedNode.ProtoReflect.Descriptor instead.
 func (*SkippedNode) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{4}
+	return file_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SkippedNode) GetCluster() string {
@@ -560,7 +679,7 @@ type ClusterStatus struct {
 
 func (x *ClusterStatus) Reset() {
 	*x = ClusterStatus{}
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -572,7 +691,7 @@ func (x *ClusterStatus) String() string {
 func (*ClusterStatus) ProtoMessage() {}
 
 func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -585,7 +704,7 @@ func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatus.ProtoReflect.Descriptor instead.
 func (*ClusterStatus) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ClusterStatus) GetName() string {
@@ -685,7 +804,7 @@ type KindStatus struct {
 
 func (x *KindStatus) Reset() {
 	*x = KindStatus{}
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -697,7 +816,7 @@ func (x *KindStatus) String() string {
 func (*KindStatus) ProtoMessage() {}
 
 func (x *KindStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -710,7 +829,7 @@ func (x *KindStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KindStatus.ProtoReflect.Descriptor instead.
 func (*KindStatus) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *KindStatus) GetKind() string {
@@ -753,7 +872,7 @@ type MapStatus struct {
 
 func (x *MapStatus) Reset() {
 	*x = MapStatus{}
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -765,7 +884,7 @@ func (x *MapStatus) String() string {
 func (*MapStatus) ProtoMessage() {}
 
 func (x *MapStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -778,7 +897,7 @@ func (x *MapStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MapStatus.ProtoReflect.Descriptor instead.
 func (*MapStatus) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *MapStatus) GetName() string {
@@ -817,7 +936,7 @@ type DumpIPCacheRequest struct {
 
 func (x *DumpIPCacheRequest) Reset() {
 	*x = DumpIPCacheRequest{}
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -829,7 +948,7 @@ func (x *DumpIPCacheRequest) String() string {
 func (*DumpIPCacheRequest) ProtoMessage() {}
 
 func (x *DumpIPCacheRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -842,7 +961,7 @@ func (x *DumpIPCacheRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DumpIPCacheRequest.ProtoReflect.Descriptor instead.
 func (*DumpIPCacheRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_proto_rawDescGZIP(), []int{9}
 }
 
 type IPCacheEntry struct {
@@ -859,7 +978,7 @@ type IPCacheEntry struct {
 
 func (x *IPCacheEntry) Reset() {
 	*x = IPCacheEntry{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -871,7 +990,7 @@ func (x *IPCacheEntry) String() string {
 func (*IPCacheEntry) ProtoMessage() {}
 
 func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -884,7 +1003,7 @@ func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPCacheEntry.ProtoReflect.Descriptor instead.
 func (*IPCacheEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *IPCacheEntry) GetPrefix() string {
@@ -931,7 +1050,7 @@ type IPCacheChunk struct {
 
 func (x *IPCacheChunk) Reset() {
 	*x = IPCacheChunk{}
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -943,7 +1062,7 @@ func (x *IPCacheChunk) String() string {
 func (*IPCacheChunk) ProtoMessage() {}
 
 func (x *IPCacheChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -956,7 +1075,7 @@ func (x *IPCacheChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPCacheChunk.ProtoReflect.Descriptor instead.
 func (*IPCacheChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *IPCacheChunk) GetEntries() []*IPCacheEntry {
@@ -974,7 +1093,7 @@ type DumpServicesRequest struct {
 
 func (x *DumpServicesRequest) Reset() {
 	*x = DumpServicesRequest{}
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -986,7 +1105,7 @@ func (x *DumpServicesRequest) String() string {
 func (*DumpServicesRequest) ProtoMessage() {}
 
 func (x *DumpServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -999,7 +1118,7 @@ func (x *DumpServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DumpServicesRequest.ProtoReflect.Descriptor instead.
 func (*DumpServicesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_proto_rawDescGZIP(), []int{12}
 }
 
 type Service struct {
@@ -1014,7 +1133,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1026,7 +1145,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1039,7 +1158,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Service) GetFrontend() string {
@@ -1075,7 +1194,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1087,7 +1206,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1100,7 +1219,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Backend) GetAddress() string {
@@ -1140,7 +1259,7 @@ type DumpServicesResponse struct {
 
 func (x *DumpServicesResponse) Reset() {
 	*x = DumpServicesResponse{}
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1152,7 +1271,7 @@ func (x *DumpServicesResponse) String() string {
 func (*DumpServicesResponse) ProtoMessage() {}
 
 func (x *DumpServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1165,7 +1284,7 @@ func (x *DumpServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DumpServicesResponse.ProtoReflect.Descriptor instead.
 func (*DumpServicesResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DumpServicesResponse) GetServices() []*Service {
@@ -1183,7 +1302,7 @@ type DumpIdentitiesRequest struct {
 
 func (x *DumpIdentitiesRequest) Reset() {
 	*x = DumpIdentitiesRequest{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1195,7 +1314,7 @@ func (x *DumpIdentitiesRequest) String() string {
 func (*DumpIdentitiesRequest) ProtoMessage() {}
 
 func (x *DumpIdentitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1208,7 +1327,7 @@ func (x *DumpIdentitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DumpIdentitiesRequest.ProtoReflect.Descriptor instead.
 func (*DumpIdentitiesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 type Identity struct {
@@ -1223,7 +1342,7 @@ type Identity struct {
 
 func (x *Identity) Reset() {
 	*x = Identity{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1235,7 +1354,7 @@ func (x *Identity) String() string {
 func (*Identity) ProtoMessage() {}
 
 func (x *Identity) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1248,7 +1367,7 @@ func (x *Identity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Identity.ProtoReflect.Descriptor instead.
 func (*Identity) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Identity) GetId() uint32 {
@@ -1281,7 +1400,7 @@ type IdentityChunk struct {
 
 func (x *IdentityChunk) Reset() {
 	*x = IdentityChunk{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1293,7 +1412,7 @@ func (x *IdentityChunk) String() string {
 func (*IdentityChunk) ProtoMessage() {}
 
 func (x *IdentityChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1306,7 +1425,7 @@ func (x *IdentityChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityChunk.ProtoReflect.Descriptor instead.
 func (*IdentityChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *IdentityChunk) GetIdentities() []*Identity {
@@ -1324,7 +1443,7 @@ type DumpPeersRequest struct {
 
 func (x *DumpPeersRequest) Reset() {
 	*x = DumpPeersRequest{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1336,7 +1455,7 @@ func (x *DumpPeersRequest) String() string {
 func (*DumpPeersRequest) ProtoMessage() {}
 
 func (x *DumpPeersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1349,7 +1468,7 @@ func (x *DumpPeersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DumpPeersRequest.ProtoReflect.Descriptor instead.
 func (*DumpPeersRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 type Peer struct {
@@ -1369,7 +1488,7 @@ type Peer struct {
 
 func (x *Peer) Reset() {
 	*x = Peer{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1381,7 +1500,7 @@ func (x *Peer) String() string {
 func (*Peer) ProtoMessage() {}
 
 func (x *Peer) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1394,7 +1513,7 @@ func (x *Peer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Peer.ProtoReflect.Descriptor instead.
 func (*Peer) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Peer) GetName() string {
@@ -1455,7 +1574,7 @@ type DumpPeersResponse struct {
 
 func (x *DumpPeersResponse) Reset() {
 	*x = DumpPeersResponse{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1467,7 +1586,7 @@ func (x *DumpPeersResponse) String() string {
 func (*DumpPeersResponse) ProtoMessage() {}
 
 func (x *DumpPeersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1480,7 +1599,7 @@ func (x *DumpPeersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DumpPeersResponse.ProtoReflect.Descriptor instead.
 func (*DumpPeersResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DumpPeersResponse) GetPeers() []*Peer {
@@ -1513,7 +1632,7 @@ type FlowsRequest struct {
 
 func (x *FlowsRequest) Reset() {
 	*x = FlowsRequest{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1525,7 +1644,7 @@ func (x *FlowsRequest) String() string {
 func (*FlowsRequest) ProtoMessage() {}
 
 func (x *FlowsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1538,7 +1657,7 @@ func (x *FlowsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlowsRequest.ProtoReflect.Descriptor instead.
 func (*FlowsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *FlowsRequest) GetLast() uint32 {
@@ -1627,14 +1746,19 @@ type Flow struct {
 	Length uint32 `protobuf:"varint,13,opt,name=length,proto3" json:"length,omitempty"`
 	// lost counts matching events this stream skipped, since the previous
 	// message, because the client did not keep up.
-	Lost          uint64 `protobuf:"varint,14,opt,name=lost,proto3" json:"lost,omitempty"`
+	Lost uint64 `protobuf:"varint,14,opt,name=lost,proto3" json:"lost,omitempty"`
+	// policies are the MeshNetworkPolicies (namespace/name) behind the
+	// verdict: the one whose entry allowed the flow (rule_id), or, for a
+	// policy-no-match drop, those that put the local endpoint into default
+	// deny in this direction. Empty where no policy decided.
+	Policies      []string `protobuf:"bytes,15,rep,name=policies,proto3" json:"policies,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Flow) Reset() {
 	*x = Flow{}
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1646,7 +1770,7 @@ func (x *Flow) String() string {
 func (*Flow) ProtoMessage() {}
 
 func (x *Flow) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1659,7 +1783,7 @@ func (x *Flow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Flow.ProtoReflect.Descriptor instead.
 func (*Flow) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Flow) GetTime() *timestamppb.Timestamp {
@@ -1760,12 +1884,19 @@ func (x *Flow) GetLost() uint64 {
 	return 0
 }
 
+func (x *Flow) GetPolicies() []string {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
 var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
 	"\n" +
 	"\vagent.proto\x12\x10isthmus.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n" +
-	"\rStatusRequest\"\x91\x05\n" +
+	"\rStatusRequest\"\xc9\x05\n" +
 	"\x0eStatusResponse\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12!\n" +
 	"\fcluster_name\x18\x02 \x01(\tR\vclusterName\x12\x1d\n" +
@@ -1781,10 +1912,22 @@ const file_agent_proto_rawDesc = "" +
 	"\x04maps\x18\n" +
 	" \x03(\v2\x1b.isthmus.agent.v1.MapStatusR\x04maps\x12\x19\n" +
 	"\bbpf_root\x18\v \x01(\tR\abpfRoot\x12<\n" +
-	"\bdatapath\x18\f \x01(\v2 .isthmus.agent.v1.DatapathStatusR\bdatapath\x1aA\n" +
+	"\bdatapath\x18\f \x01(\v2 .isthmus.agent.v1.DatapathStatusR\bdatapath\x126\n" +
+	"\x06policy\x18\r \x01(\v2\x1e.isthmus.agent.v1.PolicyStatusR\x06policy\x1aA\n" +
 	"\x13InvalidEntriesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb1\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa4\x02\n" +
+	"\fPolicyStatus\x12\x1a\n" +
+	"\bpolicies\x18\x01 \x01(\rR\bpolicies\x12)\n" +
+	"\x10invalid_policies\x18\x02 \x01(\rR\x0finvalidPolicies\x12\x1e\n" +
+	"\n" +
+	"identities\x18\x03 \x01(\rR\n" +
+	"identities\x12'\n" +
+	"\x0fnode_identities\x18\x04 \x01(\rR\x0enodeIdentities\x12\x18\n" +
+	"\aentries\x18\x05 \x01(\rR\aentries\x12/\n" +
+	"\x13enforced_identities\x18\x06 \x01(\rR\x12enforcedIdentities\x12\x16\n" +
+	"\x06synced\x18\a \x01(\bR\x06synced\x12!\n" +
+	"\fdefault_deny\x18\b \x01(\bR\vdefaultDeny\"\xb1\x01\n" +
 	"\x0eDatapathStatus\x12?\n" +
 	"\twireguard\x18\x01 \x01(\v2!.isthmus.agent.v1.WireGuardStatusR\twireguard\x12(\n" +
 	"\x10socket_lb_cgroup\x18\x02 \x01(\tR\x0esocketLbCgroup\x124\n" +
@@ -1898,7 +2041,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x04port\x18\a \x01(\rR\x04port\x12\x1a\n" +
 	"\bidentity\x18\b \x01(\rR\bidentity\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\t \x01(\rR\tclusterId\"\xdf\x03\n" +
+	"cluster_id\x18\t \x01(\rR\tclusterId\"\xfb\x03\n" +
 	"\x04Flow\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12 \n" +
@@ -1914,7 +2057,8 @@ const file_agent_proto_rawDesc = "" +
 	"\x16destination_cluster_id\x18\v \x01(\rR\x14destinationClusterId\x12\x17\n" +
 	"\arule_id\x18\f \x01(\rR\x06ruleId\x12\x16\n" +
 	"\x06length\x18\r \x01(\rR\x06length\x12\x12\n" +
-	"\x04lost\x18\x0e \x01(\x04R\x04lost*C\n" +
+	"\x04lost\x18\x0e \x01(\x04R\x04lost\x12\x1a\n" +
+	"\bpolicies\x18\x0f \x03(\tR\bpolicies*C\n" +
 	"\aVerdict\x12\x0f\n" +
 	"\vVERDICT_ANY\x10\x00\x12\x13\n" +
 	"\x0fVERDICT_DROPPED\x10\x01\x12\x12\n" +
@@ -1940,74 +2084,76 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_agent_proto_goTypes = []any{
 	(Verdict)(0),                  // 0: isthmus.agent.v1.Verdict
 	(*StatusRequest)(nil),         // 1: isthmus.agent.v1.StatusRequest
 	(*StatusResponse)(nil),        // 2: isthmus.agent.v1.StatusResponse
-	(*DatapathStatus)(nil),        // 3: isthmus.agent.v1.DatapathStatus
-	(*WireGuardStatus)(nil),       // 4: isthmus.agent.v1.WireGuardStatus
-	(*SkippedNode)(nil),           // 5: isthmus.agent.v1.SkippedNode
-	(*ClusterStatus)(nil),         // 6: isthmus.agent.v1.ClusterStatus
-	(*KindStatus)(nil),            // 7: isthmus.agent.v1.KindStatus
-	(*MapStatus)(nil),             // 8: isthmus.agent.v1.MapStatus
-	(*DumpIPCacheRequest)(nil),    // 9: isthmus.agent.v1.DumpIPCacheRequest
-	(*IPCacheEntry)(nil),          // 10: isthmus.agent.v1.IPCacheEntry
-	(*IPCacheChunk)(nil),          // 11: isthmus.agent.v1.IPCacheChunk
-	(*DumpServicesRequest)(nil),   // 12: isthmus.agent.v1.DumpServicesRequest
-	(*Service)(nil),               // 13: isthmus.agent.v1.Service
-	(*Backend)(nil),               // 14: isthmus.agent.v1.Backend
-	(*DumpServicesResponse)(nil),  // 15: isthmus.agent.v1.DumpServicesResponse
-	(*DumpIdentitiesRequest)(nil), // 16: isthmus.agent.v1.DumpIdentitiesRequest
-	(*Identity)(nil),              // 17: isthmus.agent.v1.Identity
-	(*IdentityChunk)(nil),         // 18: isthmus.agent.v1.IdentityChunk
-	(*DumpPeersRequest)(nil),      // 19: isthmus.agent.v1.DumpPeersRequest
-	(*Peer)(nil),                  // 20: isthmus.agent.v1.Peer
-	(*DumpPeersResponse)(nil),     // 21: isthmus.agent.v1.DumpPeersResponse
-	(*FlowsRequest)(nil),          // 22: isthmus.agent.v1.FlowsRequest
-	(*Flow)(nil),                  // 23: isthmus.agent.v1.Flow
-	nil,                           // 24: isthmus.agent.v1.StatusResponse.InvalidEntriesEntry
-	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
+	(*PolicyStatus)(nil),          // 3: isthmus.agent.v1.PolicyStatus
+	(*DatapathStatus)(nil),        // 4: isthmus.agent.v1.DatapathStatus
+	(*WireGuardStatus)(nil),       // 5: isthmus.agent.v1.WireGuardStatus
+	(*SkippedNode)(nil),           // 6: isthmus.agent.v1.SkippedNode
+	(*ClusterStatus)(nil),         // 7: isthmus.agent.v1.ClusterStatus
+	(*KindStatus)(nil),            // 8: isthmus.agent.v1.KindStatus
+	(*MapStatus)(nil),             // 9: isthmus.agent.v1.MapStatus
+	(*DumpIPCacheRequest)(nil),    // 10: isthmus.agent.v1.DumpIPCacheRequest
+	(*IPCacheEntry)(nil),          // 11: isthmus.agent.v1.IPCacheEntry
+	(*IPCacheChunk)(nil),          // 12: isthmus.agent.v1.IPCacheChunk
+	(*DumpServicesRequest)(nil),   // 13: isthmus.agent.v1.DumpServicesRequest
+	(*Service)(nil),               // 14: isthmus.agent.v1.Service
+	(*Backend)(nil),               // 15: isthmus.agent.v1.Backend
+	(*DumpServicesResponse)(nil),  // 16: isthmus.agent.v1.DumpServicesResponse
+	(*DumpIdentitiesRequest)(nil), // 17: isthmus.agent.v1.DumpIdentitiesRequest
+	(*Identity)(nil),              // 18: isthmus.agent.v1.Identity
+	(*IdentityChunk)(nil),         // 19: isthmus.agent.v1.IdentityChunk
+	(*DumpPeersRequest)(nil),      // 20: isthmus.agent.v1.DumpPeersRequest
+	(*Peer)(nil),                  // 21: isthmus.agent.v1.Peer
+	(*DumpPeersResponse)(nil),     // 22: isthmus.agent.v1.DumpPeersResponse
+	(*FlowsRequest)(nil),          // 23: isthmus.agent.v1.FlowsRequest
+	(*Flow)(nil),                  // 24: isthmus.agent.v1.Flow
+	nil,                           // 25: isthmus.agent.v1.StatusResponse.InvalidEntriesEntry
+	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
 }
 var file_agent_proto_depIdxs = []int32{
-	25, // 0: isthmus.agent.v1.StatusResponse.started:type_name -> google.protobuf.Timestamp
-	6,  // 1: isthmus.agent.v1.StatusResponse.clusters:type_name -> isthmus.agent.v1.ClusterStatus
-	24, // 2: isthmus.agent.v1.StatusResponse.invalid_entries:type_name -> isthmus.agent.v1.StatusResponse.InvalidEntriesEntry
-	8,  // 3: isthmus.agent.v1.StatusResponse.maps:type_name -> isthmus.agent.v1.MapStatus
-	3,  // 4: isthmus.agent.v1.StatusResponse.datapath:type_name -> isthmus.agent.v1.DatapathStatus
-	4,  // 5: isthmus.agent.v1.DatapathStatus.wireguard:type_name -> isthmus.agent.v1.WireGuardStatus
-	5,  // 6: isthmus.agent.v1.WireGuardStatus.skipped:type_name -> isthmus.agent.v1.SkippedNode
-	25, // 7: isthmus.agent.v1.WireGuardStatus.last_error_time:type_name -> google.protobuf.Timestamp
-	25, // 8: isthmus.agent.v1.WireGuardStatus.last_reconcile:type_name -> google.protobuf.Timestamp
-	7,  // 9: isthmus.agent.v1.ClusterStatus.kinds:type_name -> isthmus.agent.v1.KindStatus
-	25, // 10: isthmus.agent.v1.ClusterStatus.last_error_time:type_name -> google.protobuf.Timestamp
-	25, // 11: isthmus.agent.v1.ClusterStatus.last_change:type_name -> google.protobuf.Timestamp
-	25, // 12: isthmus.agent.v1.ClusterStatus.last_heartbeat:type_name -> google.protobuf.Timestamp
-	10, // 13: isthmus.agent.v1.IPCacheChunk.entries:type_name -> isthmus.agent.v1.IPCacheEntry
-	14, // 14: isthmus.agent.v1.Service.backends:type_name -> isthmus.agent.v1.Backend
-	13, // 15: isthmus.agent.v1.DumpServicesResponse.services:type_name -> isthmus.agent.v1.Service
-	17, // 16: isthmus.agent.v1.IdentityChunk.identities:type_name -> isthmus.agent.v1.Identity
-	25, // 17: isthmus.agent.v1.Peer.last_handshake:type_name -> google.protobuf.Timestamp
-	20, // 18: isthmus.agent.v1.DumpPeersResponse.peers:type_name -> isthmus.agent.v1.Peer
-	0,  // 19: isthmus.agent.v1.FlowsRequest.verdict:type_name -> isthmus.agent.v1.Verdict
-	25, // 20: isthmus.agent.v1.Flow.time:type_name -> google.protobuf.Timestamp
-	1,  // 21: isthmus.agent.v1.Agent.Status:input_type -> isthmus.agent.v1.StatusRequest
-	9,  // 22: isthmus.agent.v1.Agent.DumpIPCache:input_type -> isthmus.agent.v1.DumpIPCacheRequest
-	12, // 23: isthmus.agent.v1.Agent.DumpServices:input_type -> isthmus.agent.v1.DumpServicesRequest
-	16, // 24: isthmus.agent.v1.Agent.DumpIdentities:input_type -> isthmus.agent.v1.DumpIdentitiesRequest
-	19, // 25: isthmus.agent.v1.Agent.DumpPeers:input_type -> isthmus.agent.v1.DumpPeersRequest
-	22, // 26: isthmus.agent.v1.Agent.Flows:input_type -> isthmus.agent.v1.FlowsRequest
-	2,  // 27: isthmus.agent.v1.Agent.Status:output_type -> isthmus.agent.v1.StatusResponse
-	11, // 28: isthmus.agent.v1.Agent.DumpIPCache:output_type -> isthmus.agent.v1.IPCacheChunk
-	15, // 29: isthmus.agent.v1.Agent.DumpServices:output_type -> isthmus.agent.v1.DumpServicesResponse
-	18, // 30: isthmus.agent.v1.Agent.DumpIdentities:output_type -> isthmus.agent.v1.IdentityChunk
-	21, // 31: isthmus.agent.v1.Agent.DumpPeers:output_type -> isthmus.agent.v1.DumpPeersResponse
-	23, // 32: isthmus.agent.v1.Agent.Flows:output_type -> isthmus.agent.v1.Flow
-	27, // [27:33] is the sub-list for method output_type
-	21, // [21:27] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	26, // 0: isthmus.agent.v1.StatusResponse.started:type_name -> google.protobuf.Timestamp
+	7,  // 1: isthmus.agent.v1.StatusResponse.clusters:type_name -> isthmus.agent.v1.ClusterStatus
+	25, // 2: isthmus.agent.v1.StatusResponse.invalid_entries:type_name -> isthmus.agent.v1.StatusResponse.InvalidEntriesEntry
+	9,  // 3: isthmus.agent.v1.StatusResponse.maps:type_name -> isthmus.agent.v1.MapStatus
+	4,  // 4: isthmus.agent.v1.StatusResponse.datapath:type_name -> isthmus.agent.v1.DatapathStatus
+	3,  // 5: isthmus.agent.v1.StatusResponse.policy:type_name -> isthmus.agent.v1.PolicyStatus
+	5,  // 6: isthmus.agent.v1.DatapathStatus.wireguard:type_name -> isthmus.agent.v1.WireGuardStatus
+	6,  // 7: isthmus.agent.v1.WireGuardStatus.skipped:type_name -> isthmus.agent.v1.SkippedNode
+	26, // 8: isthmus.agent.v1.WireGuardStatus.last_error_time:type_name -> google.protobuf.Timestamp
+	26, // 9: isthmus.agent.v1.WireGuardStatus.last_reconcile:type_name -> google.protobuf.Timestamp
+	8,  // 10: isthmus.agent.v1.ClusterStatus.kinds:type_name -> isthmus.agent.v1.KindStatus
+	26, // 11: isthmus.agent.v1.ClusterStatus.last_error_time:type_name -> google.protobuf.Timestamp
+	26, // 12: isthmus.agent.v1.ClusterStatus.last_change:type_name -> google.protobuf.Timestamp
+	26, // 13: isthmus.agent.v1.ClusterStatus.last_heartbeat:type_name -> google.protobuf.Timestamp
+	11, // 14: isthmus.agent.v1.IPCacheChunk.entries:type_name -> isthmus.agent.v1.IPCacheEntry
+	15, // 15: isthmus.agent.v1.Service.backends:type_name -> isthmus.agent.v1.Backend
+	14, // 16: isthmus.agent.v1.DumpServicesResponse.services:type_name -> isthmus.agent.v1.Service
+	18, // 17: isthmus.agent.v1.IdentityChunk.identities:type_name -> isthmus.agent.v1.Identity
+	26, // 18: isthmus.agent.v1.Peer.last_handshake:type_name -> google.protobuf.Timestamp
+	21, // 19: isthmus.agent.v1.DumpPeersResponse.peers:type_name -> isthmus.agent.v1.Peer
+	0,  // 20: isthmus.agent.v1.FlowsRequest.verdict:type_name -> isthmus.agent.v1.Verdict
+	26, // 21: isthmus.agent.v1.Flow.time:type_name -> google.protobuf.Timestamp
+	1,  // 22: isthmus.agent.v1.Agent.Status:input_type -> isthmus.agent.v1.StatusRequest
+	10, // 23: isthmus.agent.v1.Agent.DumpIPCache:input_type -> isthmus.agent.v1.DumpIPCacheRequest
+	13, // 24: isthmus.agent.v1.Agent.DumpServices:input_type -> isthmus.agent.v1.DumpServicesRequest
+	17, // 25: isthmus.agent.v1.Agent.DumpIdentities:input_type -> isthmus.agent.v1.DumpIdentitiesRequest
+	20, // 26: isthmus.agent.v1.Agent.DumpPeers:input_type -> isthmus.agent.v1.DumpPeersRequest
+	23, // 27: isthmus.agent.v1.Agent.Flows:input_type -> isthmus.agent.v1.FlowsRequest
+	2,  // 28: isthmus.agent.v1.Agent.Status:output_type -> isthmus.agent.v1.StatusResponse
+	12, // 29: isthmus.agent.v1.Agent.DumpIPCache:output_type -> isthmus.agent.v1.IPCacheChunk
+	16, // 30: isthmus.agent.v1.Agent.DumpServices:output_type -> isthmus.agent.v1.DumpServicesResponse
+	19, // 31: isthmus.agent.v1.Agent.DumpIdentities:output_type -> isthmus.agent.v1.IdentityChunk
+	22, // 32: isthmus.agent.v1.Agent.DumpPeers:output_type -> isthmus.agent.v1.DumpPeersResponse
+	24, // 33: isthmus.agent.v1.Agent.Flows:output_type -> isthmus.agent.v1.Flow
+	28, // [28:34] is the sub-list for method output_type
+	22, // [22:28] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -2021,7 +2167,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
