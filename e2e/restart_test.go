@@ -1,0 +1,172 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/isthmus-mesh/isthmus/e2e/testbed"
+	"github.com/isthmus-mesh/isthmus/internal/meshconfig"
+)
+
+// requestLoop sends requests one after the other from a pod until
+// stopped, and records who answered each. Safe for concurrent use.
+type requestLoop struct {
+	mu      sync.Mutex // guards the fields below
+	answers map[string]int
+	errors  []string
+	total   int
+}
+
+// count returns the requests sent so far.
+func (l *requestLoop) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.total
+}
+
+func (l *requestLoop) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return tally{byCluster: l.answers, errors: l.errors}.String()
+}
+
+// startLoop starts sending requests from pod of c to addr; stop ends the
+// loop and waits for it.
+func (s *scenario) startLoop(c *testbed.Cluster, pod, addr string) (l *requestLoop, stop func()) {
+	l = &requestLoop{answers: map[string]int{}}
+	ctx, cancel := context.WithCancel(s.ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for ctx.Err() == nil {
+			resp, err := s.request(c, pod, addr)
+			if ctx.Err() != nil {
+				return // cut short by stop, not failed
+			}
+			l.mu.Lock()
+			l.total++
+			if err != nil {
+				l.errors = append(l.errors, fmt.Sprintf("request %d at %s: %v", l.total, time.Now().Format("15:04:05.000"), err))
+			} else {
+				l.answers[resp.Cluster]++
+			}
+			l.mu.Unlock()
+		}
+	})
+	return l, func() { cancel(); wg.Wait() }
+}
+
+// TestAgentRestartDuringRequestLoop restarts the agent of the node a
+// client pod runs on while the pod sends requests to a global service with
+// backends in both clusters, one after the other: no request may fail,
+// since the datapath (pinned maps, attached programs, tunnels) outlives
+// the agent process.
+func TestAgentRestartDuringRequestLoop(t *testing.T) {
+	s := newScenario(t)
+	g := s.deployGlobalEcho(serviceOptions{affinity: meshconfig.AffinityNone})
+	s.waitAnswers(s.c1, g.client1, g.addr1, s.c1.Name, s.c2.Name)
+	node := s.clientNode(s.c1, g.client1)
+
+	loop, stop := s.startLoop(s.c1, g.client1, g.addr1)
+	defer stop()
+	s.eventually("10 requests before the restart", time.Minute, func() (bool, string) { return loop.count() >= 10, loop.String() })
+	before := loop.count()
+	begin := time.Now()
+	s.must(s.c1.RestartAgent(s.ctx, node), "restart the agent of "+node)
+	during := loop.count() - before
+	t.Logf("agent of %s restarted in %s; %d requests were sent meanwhile", node, time.Since(begin).Round(time.Millisecond), during)
+	s.waitAgentsRead(s.env.Clusters[:1], s.env.Clusters...)
+	after := loop.count()
+	s.eventually("20 requests after the restarted agent synced", time.Minute, func() (bool, string) { return loop.count() >= after+20, loop.String() })
+	stop()
+
+	loop.mu.Lock()
+	defer loop.mu.Unlock()
+	if len(loop.errors) > 0 {
+		t.Errorf("%d of %d requests failed across the agent restart:\n%s", len(loop.errors), loop.total, strings.Join(loop.errors, "\n"))
+	}
+	if during == 0 {
+		t.Errorf("no request was sent while the agent restarted; the loop proves nothing")
+	}
+	if loop.answers[s.c1.Name] == 0 || loop.answers[s.c2.Name] == 0 {
+		t.Errorf("answers during the loop: %v; want both clusters", loop.answers)
+	}
+}
+
+// TestMeshAPIServerRestartLeavesAgentsConsistent restarts a cluster's mesh
+// apiserver and checks that afterwards every agent of every cluster holds
+// exactly what the clusters export: its ipcache, identities and service
+// maps equal what the mesh etcd of every connected cluster holds (and its
+// own cluster's global Services), also after a change made once the
+// apiserver is back.
+func TestMeshAPIServerRestartLeavesAgentsConsistent(t *testing.T) {
+	s := newScenario(t)
+	s.deployGlobalEcho(serviceOptions{affinity: meshconfig.AffinityLocal})
+	s.waitConsistent("before the restart")
+
+	s.must(s.c1.RestartMeshAPIServer(s.ctx), "restart the mesh apiserver of "+s.c1.Name)
+	s.waitAgentsRead(s.env.Clusters, s.env.Clusters...)
+	s.waitConsistent("after the restart")
+
+	s.scaleEcho(s.c1, 3)
+	s.waitPods(s.c1, echoName, 3)
+	s.waitConsistent("after scaling echo in " + s.c1.Name)
+}
+
+// waitConsistent waits until every agent's maps equal what the clusters
+// export (testbed.ExpectedMaps), failing with the differences.
+func (s *scenario) waitConsistent(when string) {
+	s.t.Helper()
+	etcds := map[string]*clientv3.Client{}
+	for _, c := range s.env.Clusters {
+		cli, err := c.MeshEtcd(s.ctx)
+		s.must(err, "connect to the mesh etcd")
+		defer cli.Close()
+		etcds[c.Name] = cli
+	}
+	for _, c := range s.env.Clusters {
+		nodes, err := c.AgentNodes(s.ctx)
+		s.must(err, "list agents")
+		for _, n := range nodes {
+			s.eventually(fmt.Sprintf("agent of %s/%s to hold what the clusters export (%s)", c, n, when), meshTimeout, func() (bool, string) {
+				diff, err := s.agentDiff(c, n, etcds)
+				if err != nil {
+					return false, err.Error()
+				}
+				if len(diff) > 40 {
+					diff = append(diff[:40], fmt.Sprintf("... and %d more", len(diff)-40))
+				}
+				return len(diff) == 0, strings.Join(diff, "\n")
+			})
+		}
+	}
+}
+
+// agentDiff compares node's agent in c with what it should hold.
+func (s *scenario) agentDiff(c *testbed.Cluster, node string, etcds map[string]*clientv3.Client) ([]string, error) {
+	local, err := testbed.ReadLocalView(s.ctx, c, node)
+	if err != nil {
+		return nil, err
+	}
+	var exports []*testbed.ClusterExport
+	for _, o := range s.env.Clusters {
+		ex, err := testbed.ReadExport(s.ctx, etcds[o.Name], o.Name, o.ID, local.MaxConnectedClusters)
+		if err != nil {
+			return nil, err
+		}
+		if len(ex.Invalid) > 0 {
+			return nil, fmt.Errorf("the mesh etcd of %s holds values that do not decode: %s", o, strings.Join(ex.Invalid, ", "))
+		}
+		exports = append(exports, ex)
+	}
+	got, err := c.AgentMaps(s.ctx, node)
+	if err != nil {
+		return nil, err
+	}
+	return testbed.DiffMaps(testbed.ExpectedMaps(local, exports), got), nil
+}
