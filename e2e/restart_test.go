@@ -134,39 +134,43 @@ func (s *scenario) waitConsistent(when string) {
 		s.must(err, "list agents")
 		for _, n := range nodes {
 			s.eventually(fmt.Sprintf("agent of %s/%s to hold what the clusters export (%s)", c, n, when), meshTimeout, func() (bool, string) {
-				diff, err := s.agentDiff(c, n, etcds)
+				got, diff, err := s.agentDiff(c, n, etcds)
 				if err != nil {
 					return false, err.Error()
+				}
+				if len(diff) == 0 {
+					s.t.Logf("agent of %s/%s holds %d ipcache entries, %d identities, %d services, as exported", c, n, len(got.IPCache), len(got.Identities), len(got.Services))
+					return true, ""
 				}
 				if len(diff) > 40 {
 					diff = append(diff[:40], fmt.Sprintf("... and %d more", len(diff)-40))
 				}
-				return len(diff) == 0, strings.Join(diff, "\n")
+				return false, strings.Join(diff, "\n")
 			})
 		}
 	}
 }
 
 // agentDiff compares node's agent in c with what it should hold.
-func (s *scenario) agentDiff(c *testbed.Cluster, node string, etcds map[string]*clientv3.Client) ([]string, error) {
+func (s *scenario) agentDiff(c *testbed.Cluster, node string, etcds map[string]*clientv3.Client) (*testbed.AgentMaps, []string, error) {
 	local, err := testbed.ReadLocalView(s.ctx, c, node)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var exports []*testbed.ClusterExport
 	for _, o := range s.env.Clusters {
 		ex, err := testbed.ReadExport(s.ctx, etcds[o.Name], o.Name, o.ID, local.MaxConnectedClusters)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if len(ex.Invalid) > 0 {
-			return nil, fmt.Errorf("the mesh etcd of %s holds values that do not decode: %s", o, strings.Join(ex.Invalid, ", "))
+			return nil, nil, fmt.Errorf("the mesh etcd of %s holds values that do not decode: %s", o, strings.Join(ex.Invalid, ", "))
 		}
 		exports = append(exports, ex)
 	}
 	got, err := c.AgentMaps(s.ctx, node)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return testbed.DiffMaps(testbed.ExpectedMaps(local, exports), got), nil
+	return got, testbed.DiffMaps(testbed.ExpectedMaps(local, exports), got), nil
 }
