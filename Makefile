@@ -27,6 +27,14 @@ kube-pin: ## regenerate the kubebin tool module from kubebin.KubernetesVersion, 
 lab: build ## bring up the local lab as root (bin/isthmus lab up; LAB_FLAGS="--clusters 3" to shape it)
 	$(BIN)/isthmus lab up $(LAB_FLAGS)
 
+.PHONY: demo
+demo: build ## as root: bring up the lab, connect its clusters, show a global service answering from both
+	$(GO) run ./internal/demo/run --bin $(BIN)
+
+.PHONY: demo-down
+demo-down: ## remove the demo's lab (bin/isthmus lab down)
+	$(BIN)/isthmus lab down
+
 .PHONY: lab-down
 lab-down: ## remove the local lab (bin/isthmus lab down)
 	$(BIN)/isthmus lab down $(LAB_FLAGS)
