@@ -52,6 +52,17 @@ type walkthrough struct {
 	env   []string
 	lab   *lab.Lab
 	steps int
+	// color is set when the output is a terminal.
+	color bool
+}
+
+// paint wraps s in an ANSI style (1 bold, 33 yellow, 36 cyan) on a
+// terminal.
+func (w *walkthrough) paint(style, s string) string {
+	if !w.color {
+		return s
+	}
+	return "\033[" + style + "m" + s + "\033[0m"
 }
 
 // Run runs the demo.
@@ -60,6 +71,11 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Requests = 10
 	}
 	w := &walkthrough{cfg: cfg, out: cfg.Out, shown: cfg.Bin, env: os.Environ()}
+	if f, ok := cfg.Out.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			w.color = true
+		}
+	}
 	if wd, err := os.Getwd(); err == nil {
 		if rel, err := filepath.Rel(wd, cfg.Bin); err == nil && !strings.HasPrefix(rel, "..") {
 			w.shown = rel
@@ -80,6 +96,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	if err := w.requests(ctx, vip); err != nil {
+		w.agentMaps(ctx)
 		return err
 	}
 	w.agentMaps(ctx)
@@ -107,7 +124,7 @@ func (w *walkthrough) preflight() error {
 // step prints a step's title.
 func (w *walkthrough) step(format string, args ...any) {
 	w.steps++
-	fmt.Fprintf(w.out, "\n\033[1m== %d. %s\033[0m\n", w.steps, fmt.Sprintf(format, args...))
+	fmt.Fprintf(w.out, "\n%s\n", w.paint("1", fmt.Sprintf("== %d. %s", w.steps, fmt.Sprintf(format, args...))))
 }
 
 // say prints an explanation.
@@ -127,7 +144,7 @@ func (w *walkthrough) command(bin string, args ...string) (shown string, cmd *ex
 // returns its error.
 func (w *walkthrough) run(ctx context.Context, bin string, args ...string) error {
 	shown, cmd := w.command(bin, args...)
-	fmt.Fprintf(w.out, "\033[36m$ %s\033[0m\n", shown)
+	fmt.Fprintln(w.out, w.paint("36", "$ "+shown))
 	c := exec.CommandContext(ctx, cmd.Path, cmd.Args[1:]...)
 	c.Env, c.Stdout, c.Stderr = cmd.Env, w.out, w.out
 	if err := c.Run(); err != nil {
@@ -168,8 +185,8 @@ func (w *walkthrough) labUp(ctx context.Context) error {
 		}
 	}
 	w.env = append(w.env, "KUBECONFIG="+w.lab.KubeconfigPath())
-	fmt.Fprintf(w.out, "\033[36m$ export KUBECONFIG=$(%s lab kubeconfig --path)\033[0m    # %s, contexts %s\n",
-		filepath.Join(w.shown, "isthmus"), w.lab.KubeconfigPath(), strings.Join(w.lab.Contexts(), ", "))
+	fmt.Fprintf(w.out, "%s    # %s, contexts %s\n", w.paint("36", "$ export KUBECONFIG=$("+filepath.Join(w.shown, "isthmus")+" lab kubeconfig --path)"),
+		w.lab.KubeconfigPath(), strings.Join(w.lab.Contexts(), ", "))
 	return nil
 }
 
@@ -184,7 +201,7 @@ func (w *walkthrough) connect(ctx context.Context) error {
 	}
 	w.say("\nWait until every agent of %s reads both clusters:", c1)
 	if err := w.run(ctx, "isthmus", "status", "--context", c1, "--wait", "--wait-duration", "2m"); err != nil {
-		w.say("\033[33mThe status is not ready (see above); the demo goes on, but expect the requests to show why.\033[0m")
+		w.say("%s", w.paint("33", "The status is not ready (see above); the demo goes on, but expect the requests to show why."))
 	}
 	return nil
 }
@@ -193,7 +210,7 @@ func (w *walkthrough) deploy(ctx context.Context) (vip string, err error) {
 	w.step("Deploy an echo server in both clusters, as one global service")
 	w.say("In each cluster: a Deployment of 2 echo pods, and a Service `echo` annotated %s.\n"+
 		"Applied with the Go client, as `kubectl apply -f -` would; the Service is:\n", globalAnnotation)
-	fmt.Fprintln(w.out, indent(serviceYAML(), "    "))
+	fmt.Fprintf(w.out, "%s\n\n", indent(serviceYAML(), "    "))
 	clients := make([]kubernetes.Interface, 0, 2)
 	for _, ctxName := range w.lab.Contexts()[:2] {
 		k, err := w.lab.Client(ctxName)
@@ -230,7 +247,7 @@ func (w *walkthrough) requests(ctx context.Context, vip string) error {
 		"which picks a backend in either cluster. Each answer names the pod, node and cluster that served it.", vip)
 	args := []string{"lab", "exec", c1, Namespace + "/client", "--", "curl", "-sS", "--max-time", "3", "http://" + vip + "/"}
 	shown, _ := w.command("isthmus", args...)
-	fmt.Fprintf(w.out, "\033[36m$ %s\033[0m\n", shown)
+	fmt.Fprintln(w.out, w.paint("36", "$ "+shown))
 
 	// The agents program the service within seconds of the Service's
 	// creation; wait for a first answer before counting.
@@ -261,7 +278,7 @@ func (w *walkthrough) requests(ctx context.Context, vip string) error {
 			continue
 		}
 		count[who.Cluster]++
-		w.say("  request %2d: answered by %-28s on %-16s in cluster \033[1m%s\033[0m", i, who.Pod, who.Node, who.Cluster)
+		w.say("  request %2d: answered by %-28s on %-16s in cluster %s", i, who.Pod, who.Node, w.paint("1", who.Cluster))
 	}
 	var parts []string
 	for _, c := range w.lab.Contexts() {

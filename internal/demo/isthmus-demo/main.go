@@ -1,4 +1,4 @@
-// Command run is `make demo`: see package demo.
+// Command isthmus-demo is `make demo`: see package demo.
 package main
 
 import (
