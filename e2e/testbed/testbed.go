@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -218,11 +219,12 @@ func (r CLIResult) String() string {
 }
 
 // CLI runs the isthmus binary with args, adding --kubeconfig when the Env
-// has one and the command takes it (enable, connect, disconnect, status).
+// has one, the command takes it (enable, connect, disconnect, status) and
+// args do not set it.
 // An error means it could not be run at all; a non-zero exit is in the
 // result.
 func (e *Env) CLI(ctx context.Context, args ...string) (CLIResult, error) {
-	if e.Kubeconfig != "" && len(args) > 0 {
+	if e.Kubeconfig != "" && len(args) > 0 && !slices.Contains(args, "--kubeconfig") {
 		switch args[0] {
 		case "enable", "connect", "disconnect", "status":
 			args = append([]string{args[0], "--kubeconfig", e.Kubeconfig}, args[1:]...)
