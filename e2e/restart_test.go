@@ -107,6 +107,9 @@ func TestAgentRestartDuringRequestLoop(t *testing.T) {
 func TestMeshAPIServerRestartLeavesAgentsConsistent(t *testing.T) {
 	s := newScenario(t)
 	s.deployGlobalEcho(serviceOptions{affinity: meshconfig.AffinityLocal})
+	// c2 keeps its backends to itself: its agents take them from its
+	// EndpointSlices, c1's do not see them.
+	s.annotateService(s.c2, serviceOptions{affinity: meshconfig.AffinityLocal, unshared: true})
 	s.waitConsistent("before the restart")
 
 	s.must(s.c1.RestartMeshAPIServer(s.ctx), "restart the mesh apiserver of "+s.c1.Name)

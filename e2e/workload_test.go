@@ -171,7 +171,7 @@ func (s *scenario) clientPod(c *testbed.Cluster) string {
 		Spec: corev1.PodSpec{
 			Containers: []corev1.Container{{
 				Name: "client", Image: s.env.Conventions.ClientImage,
-				Command: []string{"sleep", "infinity"},
+				Command: []string{"sleep", "86400"},
 			}},
 			TerminationGracePeriodSeconds: ptr.To[int64](1),
 		},
