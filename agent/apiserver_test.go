@@ -1,9 +1,3 @@
-//go:build ignore
-
-// Ignored until the apiserver is on main: go mod tidy looks at every build
-// tag and cannot resolve the apiserver package before then. It passes with
-// the apiserver branch overlaid and this line removed.
-
 package agent_test
 
 import (
