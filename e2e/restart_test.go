@@ -61,37 +61,57 @@ func (s *scenario) startLoop(c *testbed.Cluster, pod, addr string) (l *requestLo
 	return l, func() { cancel(); wg.Wait() }
 }
 
-// TestAgentRestartDuringRequestLoop restarts the agent of the node a
-// client pod runs on while the pod sends requests to a global service with
-// backends in both clusters, one after the other: no request may fail,
-// since the datapath (pinned maps, attached programs, tunnels) outlives
-// the agent process.
+// TestAgentRestartDuringRequestLoop restarts node agents, one after the
+// other, while a client pod sends requests to a global service with
+// backends in both clusters, one request after the other: first the agent
+// of the client's node, then every other agent of both clusters (the ends
+// of the tunnels to the backends). No request may fail, since the datapath
+// (pinned maps, attached programs, tunnels) outlives the agent process.
 func TestAgentRestartDuringRequestLoop(t *testing.T) {
 	s := newScenario(t)
 	g := s.deployGlobalEcho(serviceOptions{affinity: meshconfig.AffinityNone})
 	s.waitAnswers(s.c1, g.client1, g.addr1, s.c1.Name, s.c2.Name)
-	node := s.clientNode(s.c1, g.client1)
+	type agent struct {
+		c    *testbed.Cluster
+		node string
+	}
+	order := []agent{{s.c1, s.clientNode(s.c1, g.client1)}}
+	for _, c := range s.env.Clusters {
+		nodes, err := c.AgentNodes(s.ctx)
+		s.must(err, "list agents")
+		for _, n := range nodes {
+			if c != s.c1 || n != order[0].node {
+				order = append(order, agent{c, n})
+			}
+		}
+	}
 
 	loop, stop := s.startLoop(s.c1, g.client1, g.addr1)
 	defer stop()
-	s.eventually("10 requests before the restart", time.Minute, func() (bool, string) { return loop.count() >= 10, loop.String() })
-	before := loop.count()
-	begin := time.Now()
-	s.must(s.c1.RestartAgent(s.ctx, node), "restart the agent of "+node)
-	during := loop.count() - before
-	t.Logf("agent of %s restarted in %s; %d requests were sent meanwhile", node, time.Since(begin).Round(time.Millisecond), during)
-	s.waitAgentsRead(s.env.Clusters[:1], s.env.Clusters...)
-	after := loop.count()
-	s.eventually("20 requests after the restarted agent synced", time.Minute, func() (bool, string) { return loop.count() >= after+20, loop.String() })
+	s.eventually("10 requests before the first restart", time.Minute, func() (bool, string) { return loop.count() >= 10, loop.String() })
+	var quiet []string
+	for _, a := range order {
+		before, begin := loop.count(), time.Now()
+		s.must(a.c.RestartAgent(s.ctx, a.node), "restart the agent of "+a.node)
+		during := loop.count() - before
+		t.Logf("agent of %s/%s restarted in %s; %d requests were sent meanwhile", a.c, a.node, time.Since(begin).Round(time.Millisecond), during)
+		if during == 0 {
+			quiet = append(quiet, a.node)
+		}
+		s.waitAgentsRead([]*testbed.Cluster{a.c}, s.env.Clusters...)
+		after := loop.count()
+		s.eventually(fmt.Sprintf("10 requests after the agent of %s synced", a.node), time.Minute, func() (bool, string) { return loop.count() >= after+10, loop.String() })
+	}
 	stop()
 
 	loop.mu.Lock()
 	defer loop.mu.Unlock()
+	t.Logf("%d requests across %d agent restarts: %s", loop.total, len(order), tally{byCluster: loop.answers, errors: loop.errors})
 	if len(loop.errors) > 0 {
-		t.Errorf("%d of %d requests failed across the agent restart:\n%s", len(loop.errors), loop.total, strings.Join(loop.errors, "\n"))
+		t.Errorf("%d of %d requests failed across the agent restarts:\n%s", len(loop.errors), loop.total, strings.Join(loop.errors, "\n"))
 	}
-	if during == 0 {
-		t.Errorf("no request was sent while the agent restarted; the loop proves nothing")
+	if len(quiet) > 0 {
+		t.Errorf("no request was sent while the agents of %v restarted; the loop proves nothing for them", quiet)
 	}
 	if loop.answers[s.c1.Name] == 0 || loop.answers[s.c2.Name] == 0 {
 		t.Errorf("answers during the loop: %v; want both clusters", loop.answers)
