@@ -59,6 +59,19 @@ kube-pin: ## regenerate the kubebin tool module from kubebin.KubernetesVersion, 
 lab: build ## bring up the local lab as root (bin/isthmus lab up; LAB_FLAGS="--clusters 3" to shape it)
 	$(BIN)/isthmus lab up $(LAB_FLAGS)
 
+.PHONY: demo
+demo: ## as root: bring up the lab, connect its clusters, show a global service answering from both
+	@echo "== building isthmus, isthmus-apiserver, isthmus-agent and isthmus-demo into bin/"
+	@echo "   (the first build on a machine compiles every dependency: a few minutes; a dot per 20 packages)"
+	@mkdir -p $(BIN)
+	@set -o pipefail; $(GO) build -v -o $(BIN)/ ./cmd/... ./internal/demo/isthmus-demo 2>&1 | \
+	  awk '/^[^ :#]+$$/ { if (++n % 20 == 0) { printf "."; fflush() } next } { print; fflush() } END { if (n >= 20) print "" }'
+	$(BIN)/isthmus-demo --bin $(BIN)
+
+.PHONY: demo-down
+demo-down: ## remove the demo's lab (bin/isthmus lab down)
+	$(BIN)/isthmus lab down
+
 .PHONY: lab-down
 lab-down: ## remove the local lab (bin/isthmus lab down)
 	$(BIN)/isthmus lab down $(LAB_FLAGS)

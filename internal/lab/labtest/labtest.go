@@ -33,14 +33,16 @@ type Binaries struct {
 // pass the result to Up; the Go build cache keeps rebuilds cheap.
 func Build(tb testing.TB) Binaries {
 	tb.Helper()
-	bins, err := build(tb.TempDir())
+	bins, err := BuildTo(tb.TempDir())
 	if err != nil {
 		tb.Fatalf("build the lab binaries: %v", err)
 	}
 	return bins
 }
 
-func build(dir string) (Binaries, error) {
+// BuildTo is Build into dir, for callers without a testing.TB (a TestMain
+// that shares one lab between tests).
+func BuildTo(dir string) (Binaries, error) {
 	root, err := moduleRoot()
 	if err != nil {
 		return Binaries{}, err
