@@ -59,8 +59,11 @@ type result struct {
 	Backend string `json:"backend,omitempty"` // name the server answered with
 	Peer    string `json:"peer,omitempty"`    // getpeername, or the datagram's source
 	Err     string `json:"err,omitempty"`
-	// bench: per variant, the duration of each batch in nanoseconds.
-	Batches map[string][]int64 `json:"batches,omitempty"`
+	// bench: per variant, the duration of each batch in nanoseconds, for
+	// the whole cycle (socket, connect, close) and for the connect()
+	// calls alone.
+	Batches  map[string][]int64 `json:"batches,omitempty"`
+	Connects map[string][]int64 `json:"connects,omitempty"`
 }
 
 type clientSpec struct {
@@ -243,7 +246,7 @@ func udpConnected(addr string) result {
 // into the variant's cgroup and this thread into its namespace: a socket
 // belongs to the cgroup and namespace current at its creation.
 func benchInterleaved(vs []variant, n, batch int) result {
-	res := result{Batches: make(map[string][]int64)}
+	res := result{Batches: make(map[string][]int64), Connects: make(map[string][]int64)}
 	nss := make([]netns.NsHandle, len(vs))
 	sas := make([][]unix.Sockaddr, len(vs))
 	for i, v := range vs {
@@ -273,6 +276,7 @@ func benchInterleaved(vs []variant, n, batch int) result {
 			if err := netns.Set(nss[i]); err != nil {
 				return errResult(err)
 			}
+			var inConnect time.Duration
 			start := time.Now()
 			for k := range batch {
 				fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
@@ -280,7 +284,10 @@ func benchInterleaved(vs []variant, n, batch int) result {
 					return errResult(err)
 				}
 				sa := sas[i][(round*batch+k)%len(sas[i])]
-				if err := unix.Connect(fd, sa); err != nil {
+				t0 := time.Now()
+				err = unix.Connect(fd, sa)
+				inConnect += time.Since(t0)
+				if err != nil {
 					unix.Close(fd)
 					return errResult(fmt.Errorf("%s: connect to %v: %w", v.Name, v.Addrs[(round*batch+k)%len(sas[i])], err))
 				}
@@ -289,6 +296,7 @@ func benchInterleaved(vs []variant, n, batch int) result {
 				unix.Close(fd)
 			}
 			res.Batches[v.Name] = append(res.Batches[v.Name], time.Since(start).Nanoseconds())
+			res.Connects[v.Name] = append(res.Connects[v.Name], inConnect.Nanoseconds())
 		}
 	}
 	return res
