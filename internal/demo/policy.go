@@ -152,9 +152,9 @@ func (w *walkthrough) policy(ctx context.Context) error {
 	}
 
 	w.step("See the drops at the agent of %s, the echo pod's node", tgt.node)
-	w.say("Each dropped packet is a flow event naming the verdict's reason and policy (here client's SYN and its retransmit):")
+	w.say("Each dropped packet is a flow event naming the verdict's reason and the policy; the latest two:")
 	socket := agentSocket(w.lab, tgt.node)
-	if err := w.run(ctx, "isthmus-agent", "flows", "--dropped", "--last", "3", "--address", tgt.ip, "--port", fmt.Sprint(echoPort), "--api-socket", socket); err != nil {
+	if err := w.run(ctx, "isthmus-agent", "flows", "--dropped", "--last", "2", "--address", tgt.ip, "--port", fmt.Sprint(echoPort), "--api-socket", socket); err != nil {
 		w.say("%v", err)
 	}
 	w.policyStatus(ctx, socket)
