@@ -60,7 +60,7 @@ lab: build ## bring up the local lab as root (bin/isthmus lab up; LAB_FLAGS="--c
 	$(BIN)/isthmus lab up $(LAB_FLAGS)
 
 .PHONY: demo
-demo: ## as root: bring up the lab, connect its clusters, show a global service answering from both
+demo: ## as root: bring up the lab, connect its clusters, show a global service answering from both and a cross-cluster policy at work
 	@echo "== building isthmus, isthmus-apiserver, isthmus-agent and isthmus-demo into bin/"
 	@echo "   (the first build on a machine compiles every dependency: a few minutes; a dot per 20 packages)"
 	@mkdir -p $(BIN)

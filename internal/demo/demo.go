@@ -1,11 +1,15 @@
 // Package demo is `make demo`: a newcomer's first five minutes. It brings
 // up the local lab, connects its two clusters, deploys an echo Deployment
 // in both as one global service, sends requests from a pod of the first
-// cluster and shows which cluster answered each, then says how to explore
-// and how to tear down. Every step that a user could type is run as the
-// command itself (the isthmus CLI and the node agent's CLI) and printed
-// first; only the workloads are applied with the Go client, as kubectl
-// apply would, so that the demo needs no kubectl.
+// cluster and shows which cluster answered each; then it applies a
+// MeshNetworkPolicy in the second cluster that admits only the first
+// cluster's frontend pods, shows a frontend allowed, another pod denied and
+// the drops at the node agent, deletes the policy and shows the default
+// back; then it says how to explore and how to tear down. Every step that
+// a user could type is run as the command itself (the isthmus CLI and the
+// node agent's CLI) and printed first; every verdict shown is a real
+// connection's; only the workloads and the policy are applied with the Go
+// client, as kubectl apply would, so that the demo needs no kubectl.
 //
 // It must not import apiserver/, agent/, datapath/ or internal/cli.
 package demo
@@ -37,6 +41,9 @@ type Config struct {
 	Out io.Writer
 	// Requests is how many requests to send; zero means 10.
 	Requests int
+	// Lab names the lab to run on (or bring up); empty means the default
+	// lab, and the commands shown then carry no --name.
+	Lab string
 }
 
 // Namespace holds the demo's workloads in each cluster.
@@ -70,6 +77,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Requests == 0 {
 		cfg.Requests = 10
 	}
+	if cfg.Lab == "" {
+		cfg.Lab = topology.DefaultName
+	}
 	w := &walkthrough{cfg: cfg, out: cfg.Out, shown: cfg.Bin, env: os.Environ()}
 	if f, ok := cfg.Out.(*os.File); ok {
 		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
@@ -100,6 +110,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	w.agentMaps(ctx)
+	if err := w.policy(ctx); err != nil {
+		return err
+	}
 	w.status(ctx)
 	w.explore(vip, time.Since(begin))
 	return nil
@@ -132,7 +145,17 @@ func (w *walkthrough) say(format string, args ...any) {
 	fmt.Fprintf(w.out, format+"\n", args...)
 }
 
-// isthmus is a command line of our binaries as shown to the user.
+// labCommand is `isthmus lab sub args...` for the demo's lab: the --name
+// flag is there only when the lab is not the default one.
+func (w *walkthrough) labCommand(sub string, args ...string) []string {
+	out := []string{"lab", sub}
+	if w.cfg.Lab != topology.DefaultName {
+		out = append(out, "--name", w.cfg.Lab)
+	}
+	return append(out, args...)
+}
+
+// command is a command line of our binaries as shown to the user.
 func (w *walkthrough) command(bin string, args ...string) (shown string, cmd *exec.Cmd) {
 	shown = filepath.Join(w.shown, bin) + " " + strings.Join(args, " ")
 	cmd = exec.Command(filepath.Join(w.cfg.Bin, bin), args...)
@@ -169,23 +192,23 @@ func (w *walkthrough) output(ctx context.Context, bin string, args ...string) (s
 
 func (w *walkthrough) labUp(ctx context.Context) error {
 	w.step("Bring up the local lab: two Kubernetes clusters of two nodes on this machine")
-	if l, err := lab.Open("", topology.DefaultName); err == nil {
-		w.say("Lab %q is already running; the demo uses it as it is (`make demo-down` removes it, for a fresh start).", l.Name())
+	if l, err := lab.Open("", w.cfg.Lab); err == nil {
+		w.say("Lab %q is already running; the demo uses it as it is (`%s` removes it, for a fresh start).", l.Name(), w.shownLab("down"))
 		w.lab = l
 	} else {
 		w.say("Each cluster runs a real kube-apiserver, controller-manager and scheduler; each node is a network\n" +
 			"namespace with a lab kubelet, the cluster's isthmus-agent, and pods that run an echo server.\n" +
 			"The first run on a machine builds the Kubernetes control plane from source: 5 to 10 minutes on\n" +
 			"2 idle cores, with a progress line every 30 seconds. Later runs start in about a minute.")
-		if err := w.run(ctx, "isthmus", "lab", "up"); err != nil {
+		if err := w.run(ctx, "isthmus", w.labCommand("up")...); err != nil {
 			return err
 		}
-		if w.lab, err = lab.Open("", topology.DefaultName); err != nil {
+		if w.lab, err = lab.Open("", w.cfg.Lab); err != nil {
 			return err
 		}
 	}
 	w.env = append(w.env, "KUBECONFIG="+w.lab.KubeconfigPath())
-	fmt.Fprintf(w.out, "%s    # %s, contexts %s\n", w.paint("36", "$ export KUBECONFIG=$("+filepath.Join(w.shown, "isthmus")+" lab kubeconfig --path)"),
+	fmt.Fprintf(w.out, "%s    # %s, contexts %s\n", w.paint("36", "$ export KUBECONFIG=$("+w.shownLab("kubeconfig")+" --path)"),
 		w.lab.KubeconfigPath(), strings.Join(w.lab.Contexts(), ", "))
 	return nil
 }
@@ -245,7 +268,7 @@ func (w *walkthrough) requests(ctx context.Context, vip string) error {
 	w.step("Send %d requests from a pod of %s to the service's ClusterIP", w.cfg.Requests, c1)
 	w.say("No kube-proxy runs in the lab: the ClusterIP %s answers only through the mesh's socket load balancer,\n"+
 		"which picks a backend in either cluster. Each answer names the pod, node and cluster that served it.", vip)
-	args := []string{"lab", "exec", c1, Namespace + "/client", "--", "curl", "-sS", "--max-time", "3", "http://" + vip + "/"}
+	args := w.labCommand("exec", c1, Namespace+"/client", "--", "curl", "-sS", "--max-time", "3", "http://"+vip+"/")
 	shown, _ := w.command("isthmus", args...)
 	fmt.Fprintln(w.out, w.paint("36", "$ "+shown))
 
@@ -310,21 +333,31 @@ func (w *walkthrough) status(ctx context.Context) {
 func (w *walkthrough) explore(vip string, took time.Duration) {
 	isthmus := filepath.Join(w.shown, "isthmus")
 	c1, c2 := w.lab.Contexts()[0], w.lab.Contexts()[1]
-	n1 := w.lab.Topology.Clusters[0].Nodes[0].Name
+	n1, n2 := w.lab.Topology.Clusters[0].Nodes[0].Name, w.lab.Topology.Clusters[1].Nodes[0].Name
+	nameFlag, down := "", " (or: make demo-down)"
+	if w.cfg.Lab != topology.DefaultName {
+		nameFlag, down = " --name "+w.cfg.Lab, ""
+	}
 	w.step("Explore (the demo took %s)", took.Round(time.Second))
 	w.say(`The lab keeps running. Try:
-  export KUBECONFIG=$(%[1]s lab kubeconfig --path)     # contexts %[2]s and %[3]s
-  %[1]s lab status                                     # clusters, nodes, processes and their logs
-  %[1]s lab exec %[2]s %[4]s/client -- curl -s http://%[5]s/
+  export KUBECONFIG=$(%[1]s lab kubeconfig%[9]s --path)     # contexts %[2]s and %[3]s
+  %[1]s lab status%[9]s                                     # clusters, nodes, processes and their logs
+  %[1]s lab exec%[9]s %[2]s %[4]s/client -- curl -s http://%[5]s/
   %[1]s status --context %[3]s
   %[6]s status --api-socket %[7]s
   %[6]s dump ipcache --api-socket %[7]s
-  eval "$(%[1]s lab env %[2]s)"; etcdctl get --prefix cilium/state/ --keys-only    # a mesh etcd (package etcd-client)
-  kubectl --kubeconfig $(%[1]s lab kubeconfig --path) --context %[2]s get pods -A    # if you have kubectl
+  %[6]s flows --follow --api-socket %[8]s    # cross-cluster flows at a node of %[3]s
+  eval "$(%[1]s lab env%[9]s %[2]s)"; etcdctl get --prefix cilium/state/ --keys-only    # a mesh etcd (package etcd-client)
+  kubectl --kubeconfig $(%[1]s lab kubeconfig%[9]s --path) --context %[2]s get pods -A    # if you have kubectl
   %[1]s disconnect --context %[2]s --destination-context %[3]s    # and watch the answers stay local
 
-Tear down: %[1]s lab down    (or: make demo-down)`,
-		isthmus, c1, c2, Namespace, vip, filepath.Join(w.shown, "isthmus-agent"), agentSocket(w.lab, n1))
+Tear down: %[1]s lab down%[9]s%[10]s`,
+		isthmus, c1, c2, Namespace, vip, filepath.Join(w.shown, "isthmus-agent"), agentSocket(w.lab, n1), agentSocket(w.lab, n2), nameFlag, down)
+}
+
+// shownLab is `isthmus lab sub` as shown to the user, for the demo's lab.
+func (w *walkthrough) shownLab(sub string) string {
+	return filepath.Join(w.shown, "isthmus") + " " + strings.Join(w.labCommand(sub), " ")
 }
 
 // agentSocket is where the lab's agent of node serves its local API (see

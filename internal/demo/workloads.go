@@ -37,15 +37,19 @@ func echoService() *corev1.Service {
 }
 
 // serviceYAML is the Service as a user would write it.
-func serviceYAML() string {
-	b, err := yaml.Marshal(echoService())
+func serviceYAML() string { return manifestYAML(echoService()) }
+
+// manifestYAML is obj as a user would write it: without the empty fields
+// a typed object carries.
+func manifestYAML(obj any) string {
+	b, err := yaml.Marshal(obj)
 	if err != nil {
 		return err.Error()
 	}
 	var out []string
 	for _, l := range strings.Split(string(b), "\n") {
-		// Leave out the empty fields the typed object carries.
-		if strings.Contains(l, "creationTimestamp") || strings.TrimSpace(l) == "status:" || strings.Contains(l, "loadBalancer: {}") {
+		t := strings.TrimSpace(l)
+		if strings.Contains(l, "creationTimestamp") || t == "status:" || t == "status: {}" || t == "loadBalancer: {}" {
 			continue
 		}
 		out = append(out, l)
@@ -108,15 +112,21 @@ func apply(ctx context.Context, k kubernetes.Interface, cluster string) error {
 
 // applyClient creates the pod requests are sent from, unless it exists.
 func applyClient(ctx context.Context, k kubernetes.Interface) error {
+	return applyPod(ctx, k, "client")
+}
+
+// applyPod creates pod name labelled app=name, unless it exists. The lab
+// runs its echo server in it; the demo only sends requests from it.
+func applyPod(ctx context.Context, k kubernetes.Interface, name string) error {
 	p := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "client", Namespace: Namespace, Labels: map[string]string{"app": "client"}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: Namespace, Labels: map[string]string{"app": name}},
 		Spec: corev1.PodSpec{
-			Containers:                    []corev1.Container{{Name: "client", Image: "isthmus.dev/client"}},
+			Containers:                    []corev1.Container{{Name: name, Image: "isthmus.dev/" + name}},
 			TerminationGracePeriodSeconds: ptr.To[int64](1),
 		},
 	}
 	if _, err := k.CoreV1().Pods(Namespace).Create(ctx, p, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create pod %s/client: %w", Namespace, err)
+		return fmt.Errorf("create pod %s/%s: %w", Namespace, name, err)
 	}
 	return nil
 }
