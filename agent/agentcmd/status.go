@@ -168,8 +168,17 @@ func writePolicy(b *strings.Builder, p *agentv1.PolicyStatus) {
 		fmt.Fprintf(b, "\nMeshNetworkPolicy: not enforced by this agent\n")
 		return
 	}
-	fmt.Fprintf(b, "\nMeshNetworkPolicy: %d policies (%d invalid, allowing nothing), maps written: %s, mesh-wide default deny: %s\n",
-		p.Policies, p.InvalidPolicies, yesNo(p.Synced), yesNo(p.DefaultDeny))
+	policies := fmt.Sprintf("%d policies", p.Policies)
+	if p.Policies == 1 {
+		policies = "1 policy"
+	}
+	if p.InvalidPolicies > 0 {
+		// An invalid policy fails closed: the pods it selects are in
+		// default deny and it allows nothing.
+		policies += fmt.Sprintf(", %d of them invalid (an invalid policy allows nothing)", p.InvalidPolicies)
+	}
+	fmt.Fprintf(b, "\nMeshNetworkPolicy: %s; maps written: %s, mesh-wide default deny: %s\n",
+		policies, yesNo(p.Synced), yesNo(p.DefaultDeny))
 	fmt.Fprintf(b, "  %d identities known, %d with pods on this node; %d allow entries, %d identities in default deny\n",
 		p.Identities, p.NodeIdentities, p.Entries, p.EnforcedIdentities)
 }

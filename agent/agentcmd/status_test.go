@@ -74,7 +74,7 @@ func TestWriteStatusDatapath(t *testing.T) {
 		"published on the Node: yes",
 		"peers: 3 (1 kept until the mesh is read again), last reconcile:",
 		"no peer for east/e7: no-key",
-		"MeshNetworkPolicy: 3 policies (1 invalid, allowing nothing), maps written: yes, mesh-wide default deny: no",
+		"MeshNetworkPolicy: 3 policies, 1 of them invalid (an invalid policy allows nothing); maps written: yes, mesh-wide default deny: no",
 		"40 identities known, 2 with pods on this node; 12 allow entries, 2 identities in default deny",
 	} {
 		if !strings.Contains(out, want) {

@@ -79,7 +79,7 @@ func TestDemo(t *testing.T) {
 	}
 	for _, s := range []string{
 		"DROPPED policy-no-match policy " + demo.Namespace + "/echo-from-frontend", // isthmus-agent flows
-		"MeshNetworkPolicy: 1 policies",                                            // isthmus-agent status
+		"MeshNetworkPolicy: 1 policy;",                                             // isthmus-agent status
 		"lab exec --name " + name + " ",                                            // commands name the lab
 	} {
 		if !strings.Contains(text, s) {
