@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -131,7 +132,7 @@ func enable(t testing.TB, c testCluster, name string, id uint32, endpoints ...st
 	return res
 }
 
-func getSecret(t *testing.T, client kubernetes.Interface, name string) *corev1.Secret {
+func getSecret(t testing.TB, client kubernetes.Interface, name string) *corev1.Secret {
 	t.Helper()
 	s, err := client.CoreV1().Secrets(meshconfig.Namespace).Get(context.Background(), name, metav1.GetOptions{})
 	if err != nil {
@@ -313,13 +314,25 @@ func TestEnableRenewsAndAddsNames(t *testing.T) {
 	}
 }
 
-// connected enables a and b, runs their mesh etcds and connects them.
-func connected(t testing.TB, a, b testCluster) (etcdA, etcdB *meshopstest.MeshEtcd) {
+// startAPIServer runs c's real mesh apiserver with what enable wrote.
+func startAPIServer(t testing.TB, c testCluster) *meshopstest.APIServer {
+	t.Helper()
+	return meshopstest.StartAPIServer(t, c.RESTConfig(), meshopstest.APIServerOptions{})
+}
+
+// startAPIServers runs the real mesh apiservers of a and b concurrently.
+func startAPIServers(t testing.TB, a, b testCluster) (apiA, apiB *meshopstest.APIServer) {
+	t.Helper()
+	s := meshopstest.StartAPIServers(t, meshopstest.APIServerOptions{}, a.RESTConfig(), b.RESTConfig())
+	return s[0], s[1]
+}
+
+// connected enables a and b, runs their mesh apiservers and connects them.
+func connected(t testing.TB, a, b testCluster) (apiA, apiB *meshopstest.APIServer) {
 	t.Helper()
 	enable(t, a, "a", 1)
 	enable(t, b, "b", 2)
-	etcdA = meshopstest.StartForCluster(t, a.client)
-	etcdB = meshopstest.StartForCluster(t, b.client)
+	apiA, apiB = startAPIServers(t, a, b)
 	var progress []string
 	res, err := Connect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, ConnectOptions{Progress: func(m string) { progress = append(progress, m) }})
 	if err != nil {
@@ -332,14 +345,12 @@ func connected(t testing.TB, a, b testCluster) (etcdA, etcdB *meshopstest.MeshEt
 	if !slices.Equal(res.Connections, want) {
 		t.Errorf("connections %v, want %v", res.Connections, want)
 	}
-	etcdA.SyncReaders(t, a.client)
-	etcdB.SyncReaders(t, b.client)
-	return etcdA, etcdB
+	return apiA, apiB
 }
 
 // entryClient dials the cluster that entry names with the entry's
 // certificate, as an agent does.
-func entryClient(t *testing.T, client kubernetes.Interface, cluster string) (meshconfig.ClusterEntry, bool) {
+func entryClient(t testing.TB, client kubernetes.Interface, cluster string) (meshconfig.ClusterEntry, bool) {
 	t.Helper()
 	entries, errs := meshconfig.ParseEntries(getSecret(t, client, meshconfig.ClusterMeshSecret).Data)
 	if len(errs) > 0 {
@@ -349,18 +360,45 @@ func entryClient(t *testing.T, client kubernetes.Interface, cluster string) (mes
 	return e, ok
 }
 
+// eventually retries cond every 20ms until it returns nil or timeout
+// passes, then fails t with cond's last error.
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("timed out waiting for %s: %v", what, err)
+		}
+	}
+}
+
+// TestConnectAndDisconnect runs the whole story on real mesh apiservers:
+// enable, the apiservers publish their endpoints; connect grants and
+// writes the entries, the apiservers create the granted users, and the
+// issued certificate reads the remote state, and may not write;
+// disconnect removes both, and the apiserver revokes the certificate.
 func TestConnectAndDisconnect(t *testing.T) {
 	a, b := twoClusters(t)
 	enable(t, a, "a", 1)
 	enable(t, b, "b", 2)
-	etcdA := meshopstest.StartForCluster(t, a.client)
-	etcdB := meshopstest.StartForCluster(t, b.client)
-	// Publishing the endpoints after enable leaves the own entries to
-	// connect.
+	apiA, apiB := startAPIServers(t, a, b)
+	// The apiservers published their endpoints after enable, which leaves
+	// the own entries to connect.
 	beforeA, _ := meshObjects(t, a.client)
 	beforeB, _ := meshObjects(t, b.client)
 	if _, ok := beforeA["Secret/"+meshconfig.ClusterMeshSecret]; ok {
 		t.Fatal("enable without an endpoint wrote a clustermesh Secret")
+	}
+	if got := beforeB["ConfigMap/"+meshconfig.ConfigMapName][meshconfig.KeyMeshEndpoints]; got != apiB.Endpoint {
+		t.Fatalf("b's published mesh endpoints %q, want %q", got, apiB.Endpoint)
 	}
 
 	res, err := Connect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, ConnectOptions{})
@@ -368,14 +406,28 @@ func TestConnectAndDisconnect(t *testing.T) {
 		t.Fatalf("connect: %v", err)
 	}
 	t.Logf("connect wrote %v", res.Changes)
+	if len(res.Notes) != 0 {
+		t.Errorf("notes: %v", res.Notes)
+	}
+	// b's apiserver creates user remote-a, which connect granted; then
+	// the issued certificate reads b's state.
+	ctx := testCtx(t)
+	e, _ := entryClient(t, a.client, "b")
+	cli := meshopstest.Dial(t, e.Endpoints[0], e.CA, e.Cert, e.Key)
+	eventually(t, 30*time.Second, "a reading b's nodes", func() error {
+		got, err := cli.Get(ctx, protocol.NodeKey("b", "ctx-b-node"))
+		if err == nil && len(got.Kvs) != 1 {
+			err = fmt.Errorf("%d keys", len(got.Kvs))
+		}
+		return err
+	})
 	for _, side := range []struct {
 		self, other     testCluster
 		name, otherName string
-		etcdOther       *meshopstest.MeshEtcd
-		etcdSelf        *meshopstest.MeshEtcd
+		apiOther        *meshopstest.APIServer
 	}{
-		{a, b, "a", "b", etcdB, etcdA},
-		{b, a, "b", "a", etcdA, etcdB},
+		{a, b, "a", "b", apiB},
+		{b, a, "b", "a", apiA},
 	} {
 		readers, err := side.other.client.CoreV1().ConfigMaps(meshconfig.Namespace).Get(context.Background(), meshconfig.RemoteReadersConfigMap, metav1.GetOptions{})
 		if err != nil {
@@ -388,10 +440,10 @@ func TestConnectAndDisconnect(t *testing.T) {
 		if !ok {
 			t.Fatalf("%s has no entry for %s", side.name, side.otherName)
 		}
-		if !slices.Equal(e.Endpoints, []string{side.etcdOther.Endpoint}) || string(e.CA) != string(side.etcdOther.CA.CertPEM()) {
+		if !slices.Equal(e.Endpoints, []string{side.apiOther.Endpoint}) || string(e.CA) != string(side.apiOther.CA.CertPEM()) {
 			t.Errorf("entry %s in %s: endpoints %v", side.otherName, side.name, e.Endpoints)
 		}
-		if _, reason := keepable(side.etcdOther.CA, e.Cert, e.Key, "remote-"+side.name, x509.ExtKeyUsageClientAuth, time.Now()); reason != "" {
+		if _, reason := keepable(side.apiOther.CA, e.Cert, e.Key, "remote-"+side.name, x509.ExtKeyUsageClientAuth, time.Now()); reason != "" {
 			t.Errorf("entry %s in %s: certificate %s", side.otherName, side.name, reason)
 		}
 		if _, ok := entryClient(t, side.self.client, side.name); !ok {
@@ -399,25 +451,19 @@ func TestConnectAndDisconnect(t *testing.T) {
 		}
 	}
 
-	// The apiserver of each side creates the granted users; then the
-	// issued certificate reads the remote state, and may not write.
-	etcdA.SyncReaders(t, a.client)
-	etcdB.SyncReaders(t, b.client)
-	e, _ := entryClient(t, a.client, "b")
-	cli := meshopstest.Dial(t, e.Endpoints[0], e.CA, e.Cert, e.Key)
-	ctx := testCtx(t)
-	got, err := cli.Get(ctx, protocol.NodeKey("b", "node-1"))
-	if err != nil || len(got.Kvs) != 1 {
-		t.Fatalf("a reads b's nodes: %v, %v", got, err)
-	}
+	// The issued certificate reads what a remote reader reads, and may
+	// not write.
 	if _, err := cli.Get(ctx, protocol.ClusterConfigKey("b")); err != nil {
 		t.Errorf("a reads b's cluster config: %v", err)
 	}
 	if _, err := cli.Put(ctx, protocol.NodeKey("b", "intruder"), "{}"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
 		t.Errorf("a writes into b: %v, want permission denied", err)
 	}
+	if _, err := cli.Get(ctx, protocol.ClusterConfigKey("a")); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+		t.Errorf("a reads another cluster's config from b: %v, want permission denied", err)
+	}
 	own, _ := entryClient(t, a.client, "a")
-	if got, err := meshopstest.Dial(t, own.Endpoints[0], own.CA, own.Cert, own.Key).Get(ctx, protocol.NodeKey("a", "node-1")); err != nil || len(got.Kvs) != 1 {
+	if got, err := meshopstest.Dial(t, own.Endpoints[0], own.CA, own.Cert, own.Key).Get(ctx, protocol.NodeKey("a", "ctx-a-node")); err != nil || len(got.Kvs) != 1 {
 		t.Errorf("a's agents read a's own state: %v, %v", got, err)
 	}
 
@@ -462,10 +508,15 @@ func TestConnectAndDisconnect(t *testing.T) {
 			t.Errorf("%s: objects other than the connection's changed", side.name)
 		}
 	}
-	etcdB.SyncReaders(t, b.client)
-	if _, err := cli.Get(ctx, protocol.NodeKey("b", "node-1")); err == nil {
-		t.Error("a's certificate still reads b after disconnect")
-	}
+	// b's apiserver deletes user remote-a: the certificate a held, still
+	// valid, is refused, on the connection it had open too.
+	eventually(t, 30*time.Second, "b refusing a's certificate", func() error {
+		_, err := cli.Get(ctx, protocol.NodeKey("b", "ctx-b-node"))
+		if errors.Is(err, rpctypes.ErrPermissionDenied) {
+			return nil
+		}
+		return fmt.Errorf("read: %v", err)
+	})
 	res, err = Disconnect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, DisconnectOptions{})
 	if err != nil || len(res.Changes) != 0 {
 		t.Errorf("second disconnect: %v, %v", res.Changes, err)
@@ -543,16 +594,14 @@ func TestConnectRefuses(t *testing.T) {
 		}, `pod CIDR 10.1.0.0/24 of cluster "a" (context "ctx-a") overlaps pod CIDR 10.1.0.128/25 of cluster "b" (context "ctx-b")`},
 		{"unreachable endpoint", func(t *testing.T, a, b testCluster) ConnectOptions {
 			enable(t, a, "a", 1)
-			enable(t, b, "b", 2)
-			meshopstest.StartForCluster(t, a.client)
-			meshopstest.PublishEndpoints(t, b.client, "https://127.0.0.1:1")
+			startAPIServer(t, a)
+			enable(t, b, "b", 2, "https://127.0.0.1:1")
 			return ConnectOptions{EndpointTimeout: time.Second}
 		}, `no mesh endpoint of cluster "b" (context "ctx-b") answers: https://127.0.0.1:1: connection refused`},
 		{"endpoint of another cluster", func(t *testing.T, a, b testCluster) ConnectOptions {
 			enable(t, a, "a", 1)
-			enable(t, b, "b", 2)
-			etcdA := meshopstest.StartForCluster(t, a.client)
-			meshopstest.PublishEndpoints(t, b.client, etcdA.Endpoint)
+			apiA := startAPIServer(t, a)
+			enable(t, b, "b", 2, apiA.Endpoint)
 			return ConnectOptions{}
 		}, "presents a certificate not signed by the mesh CA of cluster \"b\""},
 		{"no endpoint", func(t *testing.T, a, b testCluster) ConnectOptions {
@@ -640,8 +689,8 @@ func TestConnectFullMesh(t *testing.T) {
 	clusters := map[string]testCluster{"a": a, "b": b, "c": c}
 	for i, name := range []string{"a", "b", "c"} {
 		enable(t, clusters[name], name, uint32(i+1))
-		meshopstest.StartForCluster(t, clusters[name].client)
 	}
+	meshopstest.StartAPIServers(t, meshopstest.APIServerOptions{}, a.RESTConfig(), b.RESTConfig(), c.RESTConfig())
 	res, err := Connect(testCtx(t), a.Cluster, []*Cluster{b.Cluster, c.Cluster}, ConnectOptions{Mode: FullMesh})
 	if err != nil {
 		t.Fatal(err)
