@@ -181,7 +181,8 @@ func TestCLIEnableConnectStatusDisconnect(t *testing.T) {
 	meshopstest.StartAPIServers(t, meshopstest.APIServerOptions{}, cl.aConfig, cl.bConfig)
 
 	code, stdout, stderr := runCLI(t, "connect", kc, "--context", "ctx-a", "--destination-context", "ctx-b")
-	if code != 0 || !strings.Contains(stdout, "Connected:") || !strings.Contains(stdout, "a (context ctx-a) reads b (context ctx-b)") || !strings.Contains(stderr, "checking that cluster \"b\"") || strings.Contains(stderr, "Note") {
+	if code != 0 || !strings.Contains(stdout, "Connected:") || !strings.Contains(stdout, "a (context ctx-a) reads b (context ctx-b)") || !strings.Contains(stderr, "checking that cluster \"b\"") ||
+		!strings.Contains(stderr, `cluster "b" (context "ctx-b") lets a in (after`) || strings.Contains(stderr, "Note") {
 		t.Fatalf("connect: exit %d\n%s%s", code, stdout, stderr)
 	}
 	va, vb := versions(t, cl.a), versions(t, cl.b)

@@ -16,6 +16,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/isthmus-mesh/isthmus/apiserver/meshetcd"
+	"github.com/isthmus-mesh/isthmus/apiserver/meshetcd/meshetcdtest"
 	"github.com/isthmus-mesh/isthmus/certs"
 	"github.com/isthmus-mesh/isthmus/internal/meshconfig"
 	"github.com/isthmus-mesh/isthmus/internal/meshops/meshopstest"
@@ -381,9 +383,9 @@ func eventually(t testing.TB, timeout time.Duration, what string, cond func() er
 }
 
 // TestConnectAndDisconnect runs the whole story on real mesh apiservers:
-// enable, the apiservers publish their endpoints; connect grants and
-// writes the entries, the apiservers create the granted users, and the
-// issued certificate reads the remote state, and may not write;
+// enable, the apiservers publish their endpoints; connect grants, waits
+// until the grants are live and writes the entries, so the issued
+// certificate reads the remote state at once, and may not write;
 // disconnect removes both, and the apiserver revokes the certificate.
 func TestConnectAndDisconnect(t *testing.T) {
 	a, b := twoClusters(t)
@@ -401,26 +403,29 @@ func TestConnectAndDisconnect(t *testing.T) {
 		t.Fatalf("b's published mesh endpoints %q, want %q", got, apiB.Endpoint)
 	}
 
-	res, err := Connect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, ConnectOptions{})
+	var progress []string
+	res, err := Connect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, ConnectOptions{Progress: func(m string) { progress = append(progress, m) }})
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}
-	t.Logf("connect wrote %v", res.Changes)
-	if len(res.Notes) != 0 {
-		t.Errorf("notes: %v", res.Notes)
-	}
-	// b's apiserver creates user remote-a, which connect granted; then
-	// the issued certificate reads b's state.
+	// The grants are live before Connect returns: the first read of an
+	// agent that picks up the entry now succeeds.
 	ctx := testCtx(t)
 	e, _ := entryClient(t, a.client, "b")
 	cli := meshopstest.Dial(t, e.Endpoints[0], e.CA, e.Cert, e.Key)
-	eventually(t, 30*time.Second, "a reading b's nodes", func() error {
-		got, err := cli.Get(ctx, protocol.NodeKey("b", "ctx-b-node"))
-		if err == nil && len(got.Kvs) != 1 {
-			err = fmt.Errorf("%d keys", len(got.Kvs))
+	got, err := cli.Get(ctx, protocol.NodeKey("b", "ctx-b-node"))
+	if err != nil || len(got.Kvs) != 1 {
+		t.Fatalf("a's first read of b's nodes right after connect: %v, %v", got, err)
+	}
+	t.Logf("connect wrote %v; progress:\n%s", res.Changes, strings.Join(progress, "\n"))
+	if len(res.Notes) != 0 {
+		t.Errorf("notes: %v", res.Notes)
+	}
+	for _, want := range []string{`waiting until cluster "b" (context "ctx-b") lets a in as user remote-a`, `cluster "a" (context "ctx-a") lets b in (after `} {
+		if !slices.ContainsFunc(progress, func(m string) bool { return strings.HasPrefix(m, want) }) {
+			t.Errorf("no progress %q", want)
 		}
-		return err
-	})
+	}
 	for _, side := range []struct {
 		self, other     testCluster
 		name, otherName string
@@ -520,6 +525,98 @@ func TestConnectAndDisconnect(t *testing.T) {
 	res, err = Disconnect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, DisconnectOptions{})
 	if err != nil || len(res.Changes) != 0 {
 		t.Errorf("second disconnect: %v, %v", res.Changes, err)
+	}
+}
+
+// TestConnectGrantNotLive: the etcd users of cluster b are managed outside
+// its mesh apiserver (--etcd-manage-auth=false), so no one creates the
+// user connect grants. Connect waits for it, then fails saying what to
+// check and writes no entry, so no agent holds a certificate that is
+// refused; once the user exists, connect again completes the connection.
+func TestConnectGrantNotLive(t *testing.T) {
+	a, b := twoClusters(t)
+	enable(t, a, "a", 1)
+	startAPIServer(t, a)
+	// b's external etcd; enable keeps the CA it is given, which is the
+	// etcd's.
+	ext := meshetcdtest.Start(t, "b")
+	ca := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: meshconfig.CASecret, Namespace: meshconfig.Namespace}, Type: corev1.SecretTypeTLS,
+		Data: map[string][]byte{"tls.crt": ext.CA.CertPEM(), "tls.key": ext.CA.KeyPEM()}}
+	if _, err := b.client.CoreV1().Secrets(meshconfig.Namespace).Create(context.Background(), ca, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	enable(t, b, "b", 2)
+	meshopstest.StartAPIServer(t, b.RESTConfig(), meshopstest.APIServerOptions{ExternalEtcd: ext.Endpoints()})
+	beforeA, _ := meshObjects(t, a.client)
+
+	var progress []string
+	res, err := Connect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, ConnectOptions{
+		Mode: Unicast, GrantTimeout: 2 * time.Second, Progress: func(m string) { progress = append(progress, m) }})
+	t.Logf("progress:\n%s\nerror: %v", strings.Join(progress, "\n"), err)
+	var grantErr *GrantError
+	if !errors.As(err, &grantErr) || len(grantErr.Problems) != 1 {
+		t.Fatalf("connect: %v, want a GrantError with one problem", err)
+	}
+	for _, want := range []string{
+		`cluster "b" (context "ctx-b") did not let a in as etcd user remote-a within 2s (last answer: ` + ext.Endpoints()[0] + `: etcdserver: `,
+		"Check that the mesh apiserver of cluster \"b\" (context \"ctx-b\") runs",
+		"ConfigMap isthmus-system/isthmus-remote-readers",
+		"--etcd-manage-auth=false), create user remote-a with role remote",
+		"No clustermesh entry was written",
+		"--grant-timeout 0",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q", want)
+		}
+	}
+	// The grant is written (b's remote-readers), no entry is.
+	afterA, _ := meshObjects(t, a.client)
+	if !maps.EqualFunc(beforeA, afterA, maps.Equal) {
+		t.Errorf("a's objects changed although connect failed:\nbefore %v\nafter  %v", beforeA, afterA)
+	}
+	readers, err := b.client.CoreV1().ConfigMaps(meshconfig.Namespace).Get(context.Background(), meshconfig.RemoteReadersConfigMap, metav1.GetOptions{})
+	if err != nil || readers.Data["a"] != "remote-a" {
+		t.Fatalf("b's remote readers: %v, %v", readers, err)
+	}
+
+	// The operator creates the user: connect completes the connection.
+	ctx := testCtx(t)
+	if err := (meshetcd.Access{Cluster: "b", RemoteClusters: []string{"a"}}).Apply(ctx, ext.Admin); err != nil {
+		t.Fatal(err)
+	}
+	res, err = Connect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, ConnectOptions{Mode: Unicast, GrantTimeout: 2 * time.Second})
+	if err != nil || len(res.Changes) == 0 {
+		t.Fatalf("connect again: changes %v, %v", res.Changes, err)
+	}
+	e, ok := entryClient(t, a.client, "b")
+	if !ok {
+		t.Fatal("a has no entry for b")
+	}
+	if _, err := meshopstest.Dial(t, e.Endpoints[0], e.CA, e.Cert, e.Key).Get(ctx, protocol.ClusterConfigKey("b")); err != nil {
+		t.Errorf("a reads b with its new entry: %v", err)
+	}
+}
+
+// TestConnectDoesNotWait: with SkipEndpointCheck (the targets may be out
+// of reach) and in a dry run, connect does not dial the targets, and so
+// does not wait for the grants either.
+func TestConnectDoesNotWait(t *testing.T) {
+	a, b := twoClusters(t)
+	enable(t, a, "a", 1, "https://127.0.0.1:1")
+	enable(t, b, "b", 2, "https://127.0.0.1:1")
+	for _, opts := range []ConnectOptions{{SkipEndpointCheck: true, DryRun: true}, {SkipEndpointCheck: true}} {
+		var progress []string
+		opts.Progress = func(m string) { progress = append(progress, m) }
+		res, err := Connect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, opts)
+		if err != nil || len(res.Changes) == 0 || len(res.Notes) != 0 {
+			t.Fatalf("connect %+v: changes %v, notes %v, %v", opts, res.Changes, res.Notes, err)
+		}
+		if slices.ContainsFunc(progress, func(m string) bool { return strings.Contains(m, "waiting") }) {
+			t.Errorf("connect %+v waited: %q", opts, progress)
+		}
+	}
+	if _, ok := entryClient(t, a.client, "b"); !ok {
+		t.Error("a has no entry for b")
 	}
 }
 
@@ -664,6 +761,80 @@ func TestForget(t *testing.T) {
 	}
 	if res, err := Forget(testCtx(t), a.Cluster, []string{"b"}, DisconnectOptions{}); err != nil || len(res.Changes) != 0 {
 		t.Errorf("forget again: %+v, %v", res, err)
+	}
+}
+
+// BenchmarkConnectFirstRead measures on real mesh apiservers, per unicast
+// connect of a to b: how long Connect takes (connect-ms); how long after
+// it returns the first read of b with the certificate of a's new entry
+// gets through (first-read-ms), as for an agent that picks up the entry
+// then, and the share of first reads refused (refused-first); and how
+// long after Disconnect returns that certificate is refused (revoke-ms).
+// "wait" is Connect as it is; "nowait" writes the entries right after the
+// grants, as Connect did before it waited for them.
+func BenchmarkConnectFirstRead(b *testing.B) {
+	for _, bc := range []struct {
+		name         string
+		grantTimeout time.Duration
+	}{{"wait", 0}, {"nowait", -1}} {
+		b.Run(bc.name, func(b *testing.B) {
+			a, c := twoClusters(b)
+			enable(b, a, "a", 1)
+			enable(b, c, "b", 2)
+			startAPIServers(b, a, c)
+			ctx := context.Background()
+			var connectTook, firstReadTook, revokeTook time.Duration
+			refusedFirst := 0
+			key := protocol.ClusterConfigKey("b")
+			for b.Loop() {
+				start := time.Now()
+				if _, err := Connect(ctx, a.Cluster, []*Cluster{c.Cluster}, ConnectOptions{Mode: Unicast, GrantTimeout: bc.grantTimeout}); err != nil {
+					b.Fatal(err)
+				}
+				returned := time.Now()
+				connectTook += returned.Sub(start)
+				e, ok := entryClient(b, a.client, "b")
+				if !ok {
+					b.Fatal("no entry")
+				}
+				cli := meshopstest.Dial(b, e.Endpoints[0], e.CA, e.Cert, e.Key)
+				for first := true; ; first = false {
+					_, err := cli.Get(ctx, key)
+					if err == nil {
+						break
+					}
+					if !errors.Is(err, rpctypes.ErrPermissionDenied) {
+						b.Fatal(err)
+					}
+					if first {
+						refusedFirst++
+					}
+				}
+				firstReadTook += time.Since(returned)
+
+				if _, err := Disconnect(ctx, a.Cluster, []*Cluster{c.Cluster}, DisconnectOptions{Mode: Unicast}); err != nil {
+					b.Fatal(err)
+				}
+				disconnected := time.Now()
+				for {
+					_, err := cli.Get(ctx, key)
+					if errors.Is(err, rpctypes.ErrPermissionDenied) {
+						break
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+				revokeTook += time.Since(disconnected)
+				cli.Close()
+			}
+			n := float64(b.N)
+			ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) / n }
+			b.ReportMetric(ms(connectTook), "connect-ms")
+			b.ReportMetric(ms(firstReadTook), "first-read-ms")
+			b.ReportMetric(float64(refusedFirst)/n, "refused-first")
+			b.ReportMetric(ms(revokeTook), "revoke-ms")
+		})
 	}
 }
 
