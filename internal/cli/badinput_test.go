@@ -62,6 +62,7 @@ func TestBadInputBeforeAnyCluster(t *testing.T) {
 		{"invalid max", []string{"enable", "--kubeconfig", kc, "--context", "east", "--cluster-name", "e", "--cluster-id", "2", "--max-connected-clusters", "300"}, []string{"maxConnectedClusters is 300; it must be 255 or 511"}},
 		{"invalid endpoint", []string{"enable", "--kubeconfig", kc, "--context", "east", "--cluster-name", "e", "--cluster-id", "2", "--mesh-endpoint", "10.0.0.1:2379"}, []string{`mesh endpoint "10.0.0.1:2379" is not an https URL`}},
 		{"missing name", []string{"enable", "--kubeconfig", kc, "--context", "east", "--cluster-id", "2"}, []string{`required flag(s) "cluster-name" not set`}},
+		{"negative grant timeout", []string{"connect", "--kubeconfig", kc, "--context", "east", "--destination-context", "west", "--grant-timeout", "-1s"}, []string{"--grant-timeout -1s is negative", "give 0 to write the entries without waiting"}},
 		{"unknown mode", []string{"connect", "--kubeconfig", kc, "--context", "east", "--destination-context", "west", "--connection-mode", "star"}, []string{`connection mode "star" is not one of bidirectional, unicast, mesh`}},
 		{"disconnect from nothing", []string{"disconnect", "--kubeconfig", kc, "--context", "east"}, []string{"[destination-context remote-cluster] is required"}},
 		{"disconnect two ways", []string{"disconnect", "--kubeconfig", kc, "--context", "east", "--destination-context", "west", "--remote-cluster", "w"}, []string{"none of the others can be"}},

@@ -68,8 +68,9 @@ func (f *connectFlags) clusters() (*meshops.Cluster, []*meshops.Cluster, meshops
 
 func newConnectCommand(o *Options) *cobra.Command {
 	var (
-		f    connectFlags
-		opts meshops.ConnectOptions
+		f            connectFlags
+		opts         meshops.ConnectOptions
+		grantTimeout time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "connect",
@@ -86,6 +87,13 @@ CIDRs, and that each cluster that is read answers at its published mesh
 endpoints as itself (connecting from this machine with a certificate of
 its CA). If any check fails, nothing is written.
 
+It writes the grants first, then waits (--grant-timeout) until each
+cluster's mesh apiserver has created the granted etcd user, reading with
+the very certificate it issued, and only then writes the entries, so the
+agents' first read succeeds. If a grant does not take effect in time, no
+entry is written, connect fails and says what to check; the grants it
+wrote are harmless, and running connect again completes the connection.
+
 Running connect again changes nothing while the certificates are valid
 for more than a third of their lifetime; after that it renews them.`,
 		Example: `  # east and west read each other
@@ -101,6 +109,14 @@ for more than a third of their lifetime; after that it renews them.`,
   isthmus status --context kind-east --wait`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			switch {
+			case grantTimeout < 0:
+				return fmt.Errorf("--grant-timeout %s is negative; give 0 to write the entries without waiting", grantTimeout)
+			case grantTimeout == 0:
+				opts.GrantTimeout = -1
+			default:
+				opts.GrantTimeout = grantTimeout
+			}
 			src, dst, mode, err := f.clusters()
 			if err != nil {
 				return err
@@ -123,8 +139,9 @@ for more than a third of their lifetime; after that it renews them.`,
 	}
 	f.add(cmd, "connect with", true)
 	fl := cmd.Flags()
-	fl.BoolVar(&opts.SkipEndpointCheck, "skip-endpoint-check", false, "do not dial the mesh endpoints from this machine before writing. For split-horizon networks, where the clusters reach each other at addresses this machine cannot; the risk: a wrong or unreachable endpoint is then only seen later, in the output of isthmus status")
+	fl.BoolVar(&opts.SkipEndpointCheck, "skip-endpoint-check", false, "do not dial the mesh endpoints from this machine before writing. For split-horizon networks, where the clusters reach each other at addresses this machine cannot; the risk: a wrong or unreachable endpoint is then only seen later, in the output of isthmus status. Connect then does not wait for the grants either (--grant-timeout)")
 	fl.DurationVar(&opts.EndpointTimeout, "endpoint-timeout", meshops.DefaultEndpointTimeout, "how long to wait for each mesh endpoint to answer")
+	fl.DurationVar(&grantTimeout, "grant-timeout", meshops.DefaultGrantTimeout, "how long to wait, after granting read access, until the mesh apiserver of each cluster that is read lets the reader in; the entries are written only then, and not at all when the wait gives up. 0: do not wait (write the entries right after the grants). There is no wait with --skip-endpoint-check or --dry-run")
 	fl.BoolVar(&opts.DryRun, "dry-run", false, "check and show what would change, without writing")
 	return cmd
 }
@@ -142,8 +159,11 @@ func newDisconnectCommand(o *Options) *cobra.Command {
 each direction "X reads Y" it removes Y's entry from X's Secret
 isthmus-clustermesh, whereupon X's agents withdraw Y's services, nodes and
 identities, and then X's grant from Y's ConfigMap isthmus-remote-readers,
-whereupon Y's mesh apiserver revokes X's access even while X's certificate
-is still valid. Each cluster's own entry stays.
+whereupon Y's mesh apiserver deletes X's etcd user: X's certificate is
+refused from then on, even while it is still valid (a watch opened before
+lasts until its connection ends: etcd checks permissions when a watch
+starts; X's agents have closed theirs, as the entry goes first). Each
+cluster's own entry stays.
 
 For a cluster that is gone, or whose context you no longer have, use
 --remote-cluster with its cluster name: only the cluster of --context is

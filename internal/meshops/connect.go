@@ -28,6 +28,14 @@ type ConnectOptions struct {
 	// EndpointTimeout bounds the check of each endpoint. Zero means
 	// DefaultEndpointTimeout.
 	EndpointTimeout time.Duration
+	// GrantTimeout bounds the wait, between writing the grants and the
+	// entries, until each cluster that is read lets its reader in with
+	// the certificate of the entry: its mesh apiserver creates the etcd
+	// user asynchronously. When the wait times out, no entry is written
+	// (a GrantError). Zero means DefaultGrantTimeout; negative: no wait,
+	// the entries are written right after the grants. There is no wait in
+	// a dry run or with SkipEndpointCheck.
+	GrantTimeout time.Duration
 	// CertValidity is the lifetime of issued client certificates. Zero
 	// means certs.DefaultCertValidity.
 	CertValidity time.Duration
@@ -79,9 +87,13 @@ type Result struct {
 // CheckError) and, unless opts.SkipEndpointCheck, that every cluster that
 // is read answers at its mesh endpoints as itself. Grants are written
 // before the entries that use them, so an interrupted run leaves only
-// unused grants, which the next run completes. A certificate still valid
-// for more than a third of its lifetime is kept, so running Connect twice
-// changes nothing.
+// unused grants, which the next run completes. Unless
+// opts.SkipEndpointCheck, Connect then waits (opts.GrantTimeout) until
+// each grant is live, reading each target with the certificate of its
+// entry, and writes the entries only then: the agents' first read
+// succeeds, and a target that does not act on the grant leaves no entry
+// behind (a GrantError). A certificate still valid for more than a third
+// of its lifetime is kept, so running Connect twice changes nothing.
 func Connect(ctx context.Context, source *Cluster, destinations []*Cluster, opts ConnectOptions) (*Result, error) {
 	mode := opts.Mode
 	if mode == "" {
@@ -111,17 +123,17 @@ func Connect(ctx context.Context, source *Cluster, destinations []*Cluster, opts
 		targets[d.target] = true
 		res.Connections = append(res.Connections, connection(states, d))
 	}
+	endpointTimeout := opts.EndpointTimeout
+	if endpointTimeout <= 0 {
+		endpointTimeout = DefaultEndpointTimeout
+	}
 	if !opts.SkipEndpointCheck {
 		var probed []*clusterState
 		for _, i := range slices.Sorted(maps.Keys(targets)) {
 			probed = append(probed, states[i])
 			opts.progress("checking that %s answers at %v", states[i].label(), states[i].config.MeshEndpoints)
 		}
-		timeout := opts.EndpointTimeout
-		if timeout <= 0 {
-			timeout = DefaultEndpointTimeout
-		}
-		problems, notes := probeClusters(ctx, probed, timeout)
+		problems, notes := probeClusters(ctx, probed, endpointTimeout)
 		res.Notes = append(res.Notes, notes...)
 		if len(problems) > 0 {
 			return res, &CheckError{Problems: problems}
@@ -132,6 +144,7 @@ func Connect(ctx context.Context, source *Cluster, destinations []*Cluster, opts
 	now := time.Now()
 	entries := make([][]meshconfig.ClusterEntry, len(states)) // by reader
 	grants := make([][]string, len(states))                   // by target
+	var checks []grantCheck
 	for _, d := range dirs {
 		r, t := states[d.reader], states[d.target]
 		e, err := remoteEntry(r, t, opts.CertValidity, now)
@@ -140,6 +153,7 @@ func Connect(ctx context.Context, source *Cluster, destinations []*Cluster, opts
 		}
 		entries[d.reader] = append(entries[d.reader], e)
 		grants[d.target] = append(grants[d.target], r.config.ClusterName)
+		checks = append(checks, grantCheck{reader: r, target: t, entry: e})
 	}
 	for i, s := range states {
 		if own, ok := ownEntry(s); ok {
@@ -162,6 +176,17 @@ func Connect(ctx context.Context, source *Cluster, destinations []*Cluster, opts
 		})
 		if err != nil {
 			return res, fmt.Errorf("%w (the grants written so far are harmless; run connect again)", err)
+		}
+	}
+	// Then wait until the grants are live; the targets answered the
+	// probe, so this reaches them.
+	if !opts.DryRun && !opts.SkipEndpointCheck && opts.GrantTimeout >= 0 {
+		timeout := opts.GrantTimeout
+		if timeout == 0 {
+			timeout = DefaultGrantTimeout
+		}
+		if err := waitGrants(ctx, checks, timeout, endpointTimeout, opts.progress); err != nil {
+			return res, err
 		}
 	}
 	for i, s := range states {

@@ -24,9 +24,13 @@ type DisconnectOptions struct {
 // Disconnect undoes Connect: for each direction "X reads Y" it removes
 // Y's entry from X's clustermesh Secret, whereupon X's agents withdraw Y's
 // state, and then X's grant from Y's remote-readers ConfigMap, whereupon
-// Y's mesh apiserver deletes user remote-<X> and the certificate X held
-// stops working. Each cluster's own entry stays. Every cluster is read
-// before the first write; running it twice changes nothing.
+// Y's mesh apiserver deletes user remote-<X> and every request with a
+// certificate of that user is refused, however long it is still valid.
+// etcd checks a watch's permission only when the watch starts, so a watch
+// opened before stays open until its connection ends: X's agents close
+// theirs when the entry goes, which is why it goes first. There is
+// nothing to wait for. Each cluster's own entry stays. Every cluster is
+// read before the first write; running it twice changes nothing.
 func Disconnect(ctx context.Context, source *Cluster, destinations []*Cluster, opts DisconnectOptions) (*Result, error) {
 	mode := opts.Mode
 	if mode == "" {

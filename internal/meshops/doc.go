@@ -11,7 +11,11 @@
 // suite call the same functions. Operations read and check everything and
 // issue every certificate before their first write, and order their writes
 // so that an interrupted run leaves a state the next run repairs; running
-// one twice changes nothing.
+// one twice changes nothing. Connect writes the grants, waits until the
+// mesh apiserver of each cluster that is read has acted on them (it reads
+// with the certificate it issued), and only then writes the entries the
+// agents use: their first read succeeds, and a cluster that does not act
+// on its grant leaves no entry behind.
 //
 // From Go (the lab, the e2e suite):
 //

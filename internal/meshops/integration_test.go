@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -15,6 +16,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/isthmus-mesh/isthmus/apiserver/meshetcd"
+	"github.com/isthmus-mesh/isthmus/apiserver/meshetcd/meshetcdtest"
 	"github.com/isthmus-mesh/isthmus/certs"
 	"github.com/isthmus-mesh/isthmus/internal/meshconfig"
 	"github.com/isthmus-mesh/isthmus/internal/meshops/meshopstest"
@@ -131,7 +134,7 @@ func enable(t testing.TB, c testCluster, name string, id uint32, endpoints ...st
 	return res
 }
 
-func getSecret(t *testing.T, client kubernetes.Interface, name string) *corev1.Secret {
+func getSecret(t testing.TB, client kubernetes.Interface, name string) *corev1.Secret {
 	t.Helper()
 	s, err := client.CoreV1().Secrets(meshconfig.Namespace).Get(context.Background(), name, metav1.GetOptions{})
 	if err != nil {
@@ -313,13 +316,25 @@ func TestEnableRenewsAndAddsNames(t *testing.T) {
 	}
 }
 
-// connected enables a and b, runs their mesh etcds and connects them.
-func connected(t testing.TB, a, b testCluster) (etcdA, etcdB *meshopstest.MeshEtcd) {
+// startAPIServer runs c's real mesh apiserver with what enable wrote.
+func startAPIServer(t testing.TB, c testCluster) *meshopstest.APIServer {
+	t.Helper()
+	return meshopstest.StartAPIServer(t, c.RESTConfig(), meshopstest.APIServerOptions{})
+}
+
+// startAPIServers runs the real mesh apiservers of a and b concurrently.
+func startAPIServers(t testing.TB, a, b testCluster) (apiA, apiB *meshopstest.APIServer) {
+	t.Helper()
+	s := meshopstest.StartAPIServers(t, meshopstest.APIServerOptions{}, a.RESTConfig(), b.RESTConfig())
+	return s[0], s[1]
+}
+
+// connected enables a and b, runs their mesh apiservers and connects them.
+func connected(t testing.TB, a, b testCluster) (apiA, apiB *meshopstest.APIServer) {
 	t.Helper()
 	enable(t, a, "a", 1)
 	enable(t, b, "b", 2)
-	etcdA = meshopstest.StartForCluster(t, a.client)
-	etcdB = meshopstest.StartForCluster(t, b.client)
+	apiA, apiB = startAPIServers(t, a, b)
 	var progress []string
 	res, err := Connect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, ConnectOptions{Progress: func(m string) { progress = append(progress, m) }})
 	if err != nil {
@@ -332,14 +347,12 @@ func connected(t testing.TB, a, b testCluster) (etcdA, etcdB *meshopstest.MeshEt
 	if !slices.Equal(res.Connections, want) {
 		t.Errorf("connections %v, want %v", res.Connections, want)
 	}
-	etcdA.SyncReaders(t, a.client)
-	etcdB.SyncReaders(t, b.client)
-	return etcdA, etcdB
+	return apiA, apiB
 }
 
 // entryClient dials the cluster that entry names with the entry's
 // certificate, as an agent does.
-func entryClient(t *testing.T, client kubernetes.Interface, cluster string) (meshconfig.ClusterEntry, bool) {
+func entryClient(t testing.TB, client kubernetes.Interface, cluster string) (meshconfig.ClusterEntry, bool) {
 	t.Helper()
 	entries, errs := meshconfig.ParseEntries(getSecret(t, client, meshconfig.ClusterMeshSecret).Data)
 	if len(errs) > 0 {
@@ -349,33 +362,77 @@ func entryClient(t *testing.T, client kubernetes.Interface, cluster string) (mes
 	return e, ok
 }
 
+// eventually retries cond every 20ms until it returns nil or timeout
+// passes, then fails t with cond's last error.
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("timed out waiting for %s: %v", what, err)
+		}
+	}
+}
+
+// TestConnectAndDisconnect runs the whole story on real mesh apiservers:
+// enable, the apiservers publish their endpoints; connect grants, waits
+// until the grants are live and writes the entries, so the issued
+// certificate reads the remote state at once, and may not write;
+// disconnect removes both, and the apiserver revokes the certificate.
 func TestConnectAndDisconnect(t *testing.T) {
 	a, b := twoClusters(t)
 	enable(t, a, "a", 1)
 	enable(t, b, "b", 2)
-	etcdA := meshopstest.StartForCluster(t, a.client)
-	etcdB := meshopstest.StartForCluster(t, b.client)
-	// Publishing the endpoints after enable leaves the own entries to
-	// connect.
+	apiA, apiB := startAPIServers(t, a, b)
+	// The apiservers published their endpoints after enable, which leaves
+	// the own entries to connect.
 	beforeA, _ := meshObjects(t, a.client)
 	beforeB, _ := meshObjects(t, b.client)
 	if _, ok := beforeA["Secret/"+meshconfig.ClusterMeshSecret]; ok {
 		t.Fatal("enable without an endpoint wrote a clustermesh Secret")
 	}
+	if got := beforeB["ConfigMap/"+meshconfig.ConfigMapName][meshconfig.KeyMeshEndpoints]; got != apiB.Endpoint {
+		t.Fatalf("b's published mesh endpoints %q, want %q", got, apiB.Endpoint)
+	}
 
-	res, err := Connect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, ConnectOptions{})
+	var progress []string
+	res, err := Connect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, ConnectOptions{Progress: func(m string) { progress = append(progress, m) }})
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}
-	t.Logf("connect wrote %v", res.Changes)
+	// The grants are live before Connect returns: the first read of an
+	// agent that picks up the entry now succeeds.
+	ctx := testCtx(t)
+	e, _ := entryClient(t, a.client, "b")
+	cli := meshopstest.Dial(t, e.Endpoints[0], e.CA, e.Cert, e.Key)
+	got, err := cli.Get(ctx, protocol.NodeKey("b", "ctx-b-node"))
+	if err != nil || len(got.Kvs) != 1 {
+		t.Fatalf("a's first read of b's nodes right after connect: %v, %v", got, err)
+	}
+	t.Logf("connect wrote %v; progress:\n%s", res.Changes, strings.Join(progress, "\n"))
+	if len(res.Notes) != 0 {
+		t.Errorf("notes: %v", res.Notes)
+	}
+	for _, want := range []string{`waiting until cluster "b" (context "ctx-b") lets a in as user remote-a`, `cluster "a" (context "ctx-a") lets b in (after `} {
+		if !slices.ContainsFunc(progress, func(m string) bool { return strings.HasPrefix(m, want) }) {
+			t.Errorf("no progress %q", want)
+		}
+	}
 	for _, side := range []struct {
 		self, other     testCluster
 		name, otherName string
-		etcdOther       *meshopstest.MeshEtcd
-		etcdSelf        *meshopstest.MeshEtcd
+		apiOther        *meshopstest.APIServer
 	}{
-		{a, b, "a", "b", etcdB, etcdA},
-		{b, a, "b", "a", etcdA, etcdB},
+		{a, b, "a", "b", apiB},
+		{b, a, "b", "a", apiA},
 	} {
 		readers, err := side.other.client.CoreV1().ConfigMaps(meshconfig.Namespace).Get(context.Background(), meshconfig.RemoteReadersConfigMap, metav1.GetOptions{})
 		if err != nil {
@@ -388,10 +445,10 @@ func TestConnectAndDisconnect(t *testing.T) {
 		if !ok {
 			t.Fatalf("%s has no entry for %s", side.name, side.otherName)
 		}
-		if !slices.Equal(e.Endpoints, []string{side.etcdOther.Endpoint}) || string(e.CA) != string(side.etcdOther.CA.CertPEM()) {
+		if !slices.Equal(e.Endpoints, []string{side.apiOther.Endpoint}) || string(e.CA) != string(side.apiOther.CA.CertPEM()) {
 			t.Errorf("entry %s in %s: endpoints %v", side.otherName, side.name, e.Endpoints)
 		}
-		if _, reason := keepable(side.etcdOther.CA, e.Cert, e.Key, "remote-"+side.name, x509.ExtKeyUsageClientAuth, time.Now()); reason != "" {
+		if _, reason := keepable(side.apiOther.CA, e.Cert, e.Key, "remote-"+side.name, x509.ExtKeyUsageClientAuth, time.Now()); reason != "" {
 			t.Errorf("entry %s in %s: certificate %s", side.otherName, side.name, reason)
 		}
 		if _, ok := entryClient(t, side.self.client, side.name); !ok {
@@ -399,25 +456,19 @@ func TestConnectAndDisconnect(t *testing.T) {
 		}
 	}
 
-	// The apiserver of each side creates the granted users; then the
-	// issued certificate reads the remote state, and may not write.
-	etcdA.SyncReaders(t, a.client)
-	etcdB.SyncReaders(t, b.client)
-	e, _ := entryClient(t, a.client, "b")
-	cli := meshopstest.Dial(t, e.Endpoints[0], e.CA, e.Cert, e.Key)
-	ctx := testCtx(t)
-	got, err := cli.Get(ctx, protocol.NodeKey("b", "node-1"))
-	if err != nil || len(got.Kvs) != 1 {
-		t.Fatalf("a reads b's nodes: %v, %v", got, err)
-	}
+	// The issued certificate reads what a remote reader reads, and may
+	// not write.
 	if _, err := cli.Get(ctx, protocol.ClusterConfigKey("b")); err != nil {
 		t.Errorf("a reads b's cluster config: %v", err)
 	}
 	if _, err := cli.Put(ctx, protocol.NodeKey("b", "intruder"), "{}"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
 		t.Errorf("a writes into b: %v, want permission denied", err)
 	}
+	if _, err := cli.Get(ctx, protocol.ClusterConfigKey("a")); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+		t.Errorf("a reads another cluster's config from b: %v, want permission denied", err)
+	}
 	own, _ := entryClient(t, a.client, "a")
-	if got, err := meshopstest.Dial(t, own.Endpoints[0], own.CA, own.Cert, own.Key).Get(ctx, protocol.NodeKey("a", "node-1")); err != nil || len(got.Kvs) != 1 {
+	if got, err := meshopstest.Dial(t, own.Endpoints[0], own.CA, own.Cert, own.Key).Get(ctx, protocol.NodeKey("a", "ctx-a-node")); err != nil || len(got.Kvs) != 1 {
 		t.Errorf("a's agents read a's own state: %v, %v", got, err)
 	}
 
@@ -462,13 +513,110 @@ func TestConnectAndDisconnect(t *testing.T) {
 			t.Errorf("%s: objects other than the connection's changed", side.name)
 		}
 	}
-	etcdB.SyncReaders(t, b.client)
-	if _, err := cli.Get(ctx, protocol.NodeKey("b", "node-1")); err == nil {
-		t.Error("a's certificate still reads b after disconnect")
-	}
+	// b's apiserver deletes user remote-a: the certificate a held, still
+	// valid, is refused, on the connection it had open too.
+	eventually(t, 30*time.Second, "b refusing a's certificate", func() error {
+		_, err := cli.Get(ctx, protocol.NodeKey("b", "ctx-b-node"))
+		if errors.Is(err, rpctypes.ErrPermissionDenied) {
+			return nil
+		}
+		return fmt.Errorf("read: %v", err)
+	})
 	res, err = Disconnect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, DisconnectOptions{})
 	if err != nil || len(res.Changes) != 0 {
 		t.Errorf("second disconnect: %v, %v", res.Changes, err)
+	}
+}
+
+// TestConnectGrantNotLive: the etcd users of cluster b are managed outside
+// its mesh apiserver (--etcd-manage-auth=false), so no one creates the
+// user connect grants. Connect waits for it, then fails saying what to
+// check and writes no entry, so no agent holds a certificate that is
+// refused; once the user exists, connect again completes the connection.
+func TestConnectGrantNotLive(t *testing.T) {
+	a, b := twoClusters(t)
+	enable(t, a, "a", 1)
+	startAPIServer(t, a)
+	// b's external etcd; enable keeps the CA it is given, which is the
+	// etcd's.
+	ext := meshetcdtest.Start(t, "b")
+	ca := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: meshconfig.CASecret, Namespace: meshconfig.Namespace}, Type: corev1.SecretTypeTLS,
+		Data: map[string][]byte{"tls.crt": ext.CA.CertPEM(), "tls.key": ext.CA.KeyPEM()}}
+	if _, err := b.client.CoreV1().Secrets(meshconfig.Namespace).Create(context.Background(), ca, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	enable(t, b, "b", 2)
+	meshopstest.StartAPIServer(t, b.RESTConfig(), meshopstest.APIServerOptions{ExternalEtcd: ext.Endpoints()})
+	beforeA, _ := meshObjects(t, a.client)
+
+	var progress []string
+	res, err := Connect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, ConnectOptions{
+		Mode: Unicast, GrantTimeout: 2 * time.Second, Progress: func(m string) { progress = append(progress, m) }})
+	t.Logf("progress:\n%s\nerror: %v", strings.Join(progress, "\n"), err)
+	var grantErr *GrantError
+	if !errors.As(err, &grantErr) || len(grantErr.Problems) != 1 {
+		t.Fatalf("connect: %v, want a GrantError with one problem", err)
+	}
+	for _, want := range []string{
+		`cluster "b" (context "ctx-b") did not let a in as etcd user remote-a within 2s (last answer: ` + ext.Endpoints()[0] + `: etcdserver: `,
+		"Check that the mesh apiserver of cluster \"b\" (context \"ctx-b\") runs",
+		"ConfigMap isthmus-system/isthmus-remote-readers",
+		"--etcd-manage-auth=false), create user remote-a with role remote",
+		"No clustermesh entry was written",
+		"--grant-timeout 0",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q", want)
+		}
+	}
+	// The grant is written (b's remote-readers), no entry is.
+	afterA, _ := meshObjects(t, a.client)
+	if !maps.EqualFunc(beforeA, afterA, maps.Equal) {
+		t.Errorf("a's objects changed although connect failed:\nbefore %v\nafter  %v", beforeA, afterA)
+	}
+	readers, err := b.client.CoreV1().ConfigMaps(meshconfig.Namespace).Get(context.Background(), meshconfig.RemoteReadersConfigMap, metav1.GetOptions{})
+	if err != nil || readers.Data["a"] != "remote-a" {
+		t.Fatalf("b's remote readers: %v, %v", readers, err)
+	}
+
+	// The operator creates the user: connect completes the connection.
+	ctx := testCtx(t)
+	if err := (meshetcd.Access{Cluster: "b", RemoteClusters: []string{"a"}}).Apply(ctx, ext.Admin); err != nil {
+		t.Fatal(err)
+	}
+	res, err = Connect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, ConnectOptions{Mode: Unicast, GrantTimeout: 2 * time.Second})
+	if err != nil || len(res.Changes) == 0 {
+		t.Fatalf("connect again: changes %v, %v", res.Changes, err)
+	}
+	e, ok := entryClient(t, a.client, "b")
+	if !ok {
+		t.Fatal("a has no entry for b")
+	}
+	if _, err := meshopstest.Dial(t, e.Endpoints[0], e.CA, e.Cert, e.Key).Get(ctx, protocol.ClusterConfigKey("b")); err != nil {
+		t.Errorf("a reads b with its new entry: %v", err)
+	}
+}
+
+// TestConnectDoesNotWait: with SkipEndpointCheck (the targets may be out
+// of reach) and in a dry run, connect does not dial the targets, and so
+// does not wait for the grants either.
+func TestConnectDoesNotWait(t *testing.T) {
+	a, b := twoClusters(t)
+	enable(t, a, "a", 1, "https://127.0.0.1:1")
+	enable(t, b, "b", 2, "https://127.0.0.1:1")
+	for _, opts := range []ConnectOptions{{SkipEndpointCheck: true, DryRun: true}, {SkipEndpointCheck: true}} {
+		var progress []string
+		opts.Progress = func(m string) { progress = append(progress, m) }
+		res, err := Connect(testCtx(t), a.Cluster, []*Cluster{b.Cluster}, opts)
+		if err != nil || len(res.Changes) == 0 || len(res.Notes) != 0 {
+			t.Fatalf("connect %+v: changes %v, notes %v, %v", opts, res.Changes, res.Notes, err)
+		}
+		if slices.ContainsFunc(progress, func(m string) bool { return strings.Contains(m, "waiting") }) {
+			t.Errorf("connect %+v waited: %q", opts, progress)
+		}
+	}
+	if _, ok := entryClient(t, a.client, "b"); !ok {
+		t.Error("a has no entry for b")
 	}
 }
 
@@ -543,16 +691,14 @@ func TestConnectRefuses(t *testing.T) {
 		}, `pod CIDR 10.1.0.0/24 of cluster "a" (context "ctx-a") overlaps pod CIDR 10.1.0.128/25 of cluster "b" (context "ctx-b")`},
 		{"unreachable endpoint", func(t *testing.T, a, b testCluster) ConnectOptions {
 			enable(t, a, "a", 1)
-			enable(t, b, "b", 2)
-			meshopstest.StartForCluster(t, a.client)
-			meshopstest.PublishEndpoints(t, b.client, "https://127.0.0.1:1")
+			startAPIServer(t, a)
+			enable(t, b, "b", 2, "https://127.0.0.1:1")
 			return ConnectOptions{EndpointTimeout: time.Second}
 		}, `no mesh endpoint of cluster "b" (context "ctx-b") answers: https://127.0.0.1:1: connection refused`},
 		{"endpoint of another cluster", func(t *testing.T, a, b testCluster) ConnectOptions {
 			enable(t, a, "a", 1)
-			enable(t, b, "b", 2)
-			etcdA := meshopstest.StartForCluster(t, a.client)
-			meshopstest.PublishEndpoints(t, b.client, etcdA.Endpoint)
+			apiA := startAPIServer(t, a)
+			enable(t, b, "b", 2, apiA.Endpoint)
 			return ConnectOptions{}
 		}, "presents a certificate not signed by the mesh CA of cluster \"b\""},
 		{"no endpoint", func(t *testing.T, a, b testCluster) ConnectOptions {
@@ -618,6 +764,80 @@ func TestForget(t *testing.T) {
 	}
 }
 
+// BenchmarkConnectFirstRead measures on real mesh apiservers, per unicast
+// connect of a to b: how long Connect takes (connect-ms); how long after
+// it returns the first read of b with the certificate of a's new entry
+// gets through (first-read-ms), as for an agent that picks up the entry
+// then, and the share of first reads refused (refused-first); and how
+// long after Disconnect returns that certificate is refused (revoke-ms).
+// "wait" is Connect as it is; "nowait" writes the entries right after the
+// grants, as Connect did before it waited for them.
+func BenchmarkConnectFirstRead(b *testing.B) {
+	for _, bc := range []struct {
+		name         string
+		grantTimeout time.Duration
+	}{{"wait", 0}, {"nowait", -1}} {
+		b.Run(bc.name, func(b *testing.B) {
+			a, c := twoClusters(b)
+			enable(b, a, "a", 1)
+			enable(b, c, "b", 2)
+			startAPIServers(b, a, c)
+			ctx := context.Background()
+			var connectTook, firstReadTook, revokeTook time.Duration
+			refusedFirst := 0
+			key := protocol.ClusterConfigKey("b")
+			for b.Loop() {
+				start := time.Now()
+				if _, err := Connect(ctx, a.Cluster, []*Cluster{c.Cluster}, ConnectOptions{Mode: Unicast, GrantTimeout: bc.grantTimeout}); err != nil {
+					b.Fatal(err)
+				}
+				returned := time.Now()
+				connectTook += returned.Sub(start)
+				e, ok := entryClient(b, a.client, "b")
+				if !ok {
+					b.Fatal("no entry")
+				}
+				cli := meshopstest.Dial(b, e.Endpoints[0], e.CA, e.Cert, e.Key)
+				for first := true; ; first = false {
+					_, err := cli.Get(ctx, key)
+					if err == nil {
+						break
+					}
+					if !errors.Is(err, rpctypes.ErrPermissionDenied) {
+						b.Fatal(err)
+					}
+					if first {
+						refusedFirst++
+					}
+				}
+				firstReadTook += time.Since(returned)
+
+				if _, err := Disconnect(ctx, a.Cluster, []*Cluster{c.Cluster}, DisconnectOptions{Mode: Unicast}); err != nil {
+					b.Fatal(err)
+				}
+				disconnected := time.Now()
+				for {
+					_, err := cli.Get(ctx, key)
+					if errors.Is(err, rpctypes.ErrPermissionDenied) {
+						break
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+				revokeTook += time.Since(disconnected)
+				cli.Close()
+			}
+			n := float64(b.N)
+			ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) / n }
+			b.ReportMetric(ms(connectTook), "connect-ms")
+			b.ReportMetric(ms(firstReadTook), "first-read-ms")
+			b.ReportMetric(float64(refusedFirst)/n, "refused-first")
+			b.ReportMetric(ms(revokeTook), "revoke-ms")
+		})
+	}
+}
+
 // BenchmarkConnectAgain is a connect of two connected clusters: every read
 // and check, the endpoint probes, and no write.
 func BenchmarkConnectAgain(b *testing.B) {
@@ -640,8 +860,8 @@ func TestConnectFullMesh(t *testing.T) {
 	clusters := map[string]testCluster{"a": a, "b": b, "c": c}
 	for i, name := range []string{"a", "b", "c"} {
 		enable(t, clusters[name], name, uint32(i+1))
-		meshopstest.StartForCluster(t, clusters[name].client)
 	}
+	meshopstest.StartAPIServers(t, meshopstest.APIServerOptions{}, a.RESTConfig(), b.RESTConfig(), c.RESTConfig())
 	res, err := Connect(testCtx(t), a.Cluster, []*Cluster{b.Cluster, c.Cluster}, ConnectOptions{Mode: FullMesh})
 	if err != nil {
 		t.Fatal(err)

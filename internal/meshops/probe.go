@@ -98,49 +98,15 @@ func (e *wrongClusterError) Error() string { return e.msg }
 func probeEndpoint(ctx context.Context, s *clusterState, ep string, kp *certs.KeyPair, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	u, err := url.Parse(ep)
+	cli, err := dialMesh(ctx, s, ep, kp, timeout)
 	if err != nil {
 		return err
-	}
-	hostport := u.Host
-	if u.Port() == "" {
-		hostport = net.JoinHostPort(u.Hostname(), "443")
-	}
-	cert, err := kp.TLSCertificate()
-	if err != nil {
-		return err
-	}
-	tlsConfig := &tls.Config{
-		RootCAs:      s.ca.Pool(),
-		Certificates: []tls.Certificate{cert},
-		ServerName:   u.Hostname(),
-		MinVersion:   tls.VersionTLS12,
-	}
-	// A plain TLS handshake first: it tells a wrong CA or name from an
-	// unreachable address, which the etcd client would turn into a
-	// timeout.
-	d := tls.Dialer{NetDialer: &net.Dialer{}, Config: tlsConfig}
-	conn, err := d.DialContext(ctx, "tcp", hostport)
-	if err != nil {
-		return describeDialError(s, u.Hostname(), err, timeout)
-	}
-	conn.Close()
-
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   []string{ep},
-		TLS:         tlsConfig,
-		DialTimeout: timeout,
-		Context:     ctx,
-		Logger:      zap.NewNop(),
-	})
-	if err != nil {
-		return fmt.Errorf("connect: %w", err)
 	}
 	defer cli.Close()
 	key := protocol.ClusterConfigKey(s.config.ClusterName)
 	resp, err := cli.Get(ctx, key)
 	switch {
-	case errors.Is(err, rpctypes.ErrPermissionDenied), errors.Is(err, rpctypes.ErrUserNotFound), errors.Is(err, rpctypes.ErrAuthFailed):
+	case refused(err):
 		return &wrongClusterError{fmt.Sprintf("refuses user %q to read %s (%v): it is not the mesh etcd of %s, or its users were not set up", protocol.RemoteUser, key, err, s.label())}
 	case err != nil:
 		return fmt.Errorf("read %s: %w", key, err)
@@ -156,6 +122,58 @@ func probeEndpoint(ctx context.Context, s *clusterState, ep string, kp *certs.Ke
 			s.config.ClusterName, cfg.ID, cfg.Capabilities.MaxConnectedClusters, s.config.ClusterID, s.config.MaxConnectedClusters)}
 	}
 	return nil
+}
+
+// refused reports whether etcd refused a request for the user's sake: the
+// user does not exist (yet) or may not read the key.
+func refused(err error) bool {
+	return errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrUserNotFound) || errors.Is(err, rpctypes.ErrAuthFailed)
+}
+
+// dialMesh connects to the mesh etcd of s at endpoint ep as the user of
+// kp, trusting only the mesh CA of s, as an agent does. The TLS handshake
+// is made first, so that a wrong CA or name is told from an unreachable
+// address (the etcd client would turn either into a timeout); timeout
+// bounds it and the etcd client's dial. The caller closes the client.
+func dialMesh(ctx context.Context, s *clusterState, ep string, kp *certs.KeyPair, timeout time.Duration) (*clientv3.Client, error) {
+	u, err := url.Parse(ep)
+	if err != nil {
+		return nil, err
+	}
+	hostport := u.Host
+	if u.Port() == "" {
+		hostport = net.JoinHostPort(u.Hostname(), "443")
+	}
+	cert, err := kp.TLSCertificate()
+	if err != nil {
+		return nil, err
+	}
+	tlsConfig := &tls.Config{
+		RootCAs:      s.ca.Pool(),
+		Certificates: []tls.Certificate{cert},
+		ServerName:   u.Hostname(),
+		MinVersion:   tls.VersionTLS12,
+	}
+	hctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	d := tls.Dialer{NetDialer: &net.Dialer{}, Config: tlsConfig}
+	conn, err := d.DialContext(hctx, "tcp", hostport)
+	if err != nil {
+		return nil, describeDialError(s, u.Hostname(), err, timeout)
+	}
+	conn.Close()
+
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   []string{ep},
+		TLS:         tlsConfig,
+		DialTimeout: timeout,
+		Context:     ctx,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	return cli, nil
 }
 
 // describeDialError turns a failed TLS dial into what it means here.

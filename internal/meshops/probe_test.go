@@ -8,33 +8,36 @@ import (
 	"testing"
 	"time"
 
+	"github.com/isthmus-mesh/isthmus/apiserver/meshetcd/meshetcdtest"
 	"github.com/isthmus-mesh/isthmus/certs"
-	"github.com/isthmus-mesh/isthmus/internal/meshops/meshopstest"
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
 )
+
+// meshEtcd runs a mesh etcd of cluster set up as the mesh apiserver sets
+// up its own (meshetcd.Access), with cfg as its published cluster config,
+// or none when cfg is nil.
+func meshEtcd(t *testing.T, cluster string, cfg *protocol.ClusterConfig) *meshetcdtest.Env {
+	t.Helper()
+	env := meshetcdtest.Start(t, cluster)
+	if cfg != nil {
+		if _, err := env.Admin.Put(context.Background(), protocol.ClusterConfigKey(cluster), string(cfg.Encode())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return env
+}
 
 // TestProbeEndpoint dials real mesh etcds the ways a user can get an
 // endpoint wrong.
 func TestProbeEndpoint(t *testing.T) {
-	ca, err := certs.NewCA("isthmus-ca-b", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	etcdB := meshopstest.StartMeshEtcd(t, "b", ca, meshopstest.LoopbackServerCert(t, ca), protocol.NewClusterConfig(2, 255))
+	cfgB := protocol.NewClusterConfig(2, 255)
+	etcdB := meshEtcd(t, "b", &cfgB)
 	// c is another cluster whose etcd someone listed as b's endpoint.
-	caC, err := certs.NewCA("isthmus-ca-c", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	etcdC := meshopstest.StartMeshEtcd(t, "c", caC, meshopstest.LoopbackServerCert(t, caC), protocol.NewClusterConfig(3, 255))
-	// c2 is an etcd with b's CA (a CA shared across clusters): its remote
-	// role may read c2's config only.
-	etcdC2 := meshopstest.StartMeshEtcd(t, "c2", ca, meshopstest.LoopbackServerCert(t, ca), protocol.NewClusterConfig(3, 255))
+	cfgC := protocol.NewClusterConfig(3, 255)
+	etcdC := meshEtcd(t, "c", &cfgC)
 	// unpublished is b's etcd before its apiserver published the config.
-	unpublished := meshopstest.StartMeshEtcd(t, "b", ca, meshopstest.LoopbackServerCert(t, ca), protocol.NewClusterConfig(2, 255))
-	if _, err := unpublished.Admin.Delete(context.Background(), protocol.ClusterConfigKey("b")); err != nil {
-		t.Fatal(err)
-	}
+	unpublished := meshEtcd(t, "b", nil)
+	epB, epC := etcdB.Endpoints()[0], etcdC.Endpoints()[0]
 
 	closed, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -63,30 +66,34 @@ func TestProbeEndpoint(t *testing.T) {
 			held = append(held, c)
 		}
 	}()
-	port := etcdB.Endpoint[strings.LastIndex(etcdB.Endpoint, ":")+1:]
+	port := epB[strings.LastIndex(epB, ":")+1:]
 
-	state := func(id uint32) *clusterState {
+	// state is cluster b as isthmus-config and Secret isthmus-ca say.
+	state := func(id uint32, ca *certs.CA) *clusterState {
 		return &clusterState{c: &Cluster{context: "ctx-b"}, ca: ca, config: MeshConfig{ClusterName: "b", ClusterID: id, MaxConnectedClusters: 255}}
 	}
 	for _, tc := range []struct {
 		name     string
 		endpoint string
 		id       uint32
-		wrong    bool   // a wrongClusterError
-		want     string // in the error; "" for success
+		ca       *certs.CA // b's CA
+		wrong    bool      // a wrongClusterError
+		want     string    // in the error; "" for success
 	}{
-		{name: "answers as b", endpoint: etcdB.Endpoint, id: 2},
-		{name: "etcd of another cluster", endpoint: etcdC.Endpoint, id: 2, wrong: true, want: "not signed by the mesh CA of cluster \"b\""},
-		{name: "same CA, another cluster", endpoint: etcdC2.Endpoint, id: 2, wrong: true, want: `refuses user "remote" to read cilium/cluster-config/b`},
-		{name: "cluster config not published", endpoint: unpublished.Endpoint, id: 2, wrong: true, want: "has no cilium/cluster-config/b"},
-		{name: "other cluster ID", endpoint: etcdB.Endpoint, id: 9, wrong: true, want: "answers as cluster \"b\" with ID 2 and maxConnectedClusters 255, but isthmus-config says ID 9"},
-		{name: "nothing listens", endpoint: closedEP, id: 2, want: "connection refused"},
-		{name: "no answer", endpoint: "https://" + silent.Addr().String(), id: 2, want: "no answer within 500ms"},
-		{name: "name not in the certificate", endpoint: "https://localhost:" + port, id: 2, want: `not valid for "localhost"`},
+		{name: "answers as b", endpoint: epB, id: 2, ca: etcdB.CA},
+		{name: "etcd of another cluster", endpoint: epC, id: 2, ca: etcdB.CA, wrong: true, want: "not signed by the mesh CA of cluster \"b\""},
+		// c's CA is b's too (a CA shared across clusters): the remote
+		// role of c's etcd may read c's config only.
+		{name: "same CA, another cluster", endpoint: epC, id: 2, ca: etcdC.CA, wrong: true, want: `refuses user "remote" to read cilium/cluster-config/b`},
+		{name: "cluster config not published", endpoint: unpublished.Endpoints()[0], id: 2, ca: unpublished.CA, wrong: true, want: "has no cilium/cluster-config/b"},
+		{name: "other cluster ID", endpoint: epB, id: 9, ca: etcdB.CA, wrong: true, want: "answers as cluster \"b\" with ID 2 and maxConnectedClusters 255, but isthmus-config says ID 9"},
+		{name: "nothing listens", endpoint: closedEP, id: 2, ca: etcdB.CA, want: "connection refused"},
+		{name: "no answer", endpoint: "https://" + silent.Addr().String(), id: 2, ca: etcdB.CA, want: "no answer within 500ms"},
+		{name: "name not in the certificate", endpoint: "https://localhost:" + port, id: 2, ca: etcdB.CA, want: `not valid for "localhost"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := state(tc.id)
-			kp, err := ca.IssueClient(protocol.RemoteUser, time.Hour)
+			s := state(tc.id, tc.ca)
+			kp, err := tc.ca.IssueClient(protocol.RemoteUser, time.Hour)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -105,15 +112,15 @@ func TestProbeEndpoint(t *testing.T) {
 	}
 
 	t.Run("one of two endpoints answers", func(t *testing.T) {
-		s := state(2)
-		s.config.MeshEndpoints = []string{closedEP, etcdB.Endpoint}
+		s := state(2, etcdB.CA)
+		s.config.MeshEndpoints = []string{closedEP, epB}
 		problem, notes := probeCluster(context.Background(), s, time.Second)
 		if problem != nil || len(notes) != 1 || !strings.Contains(notes[0], closedEP) {
 			t.Fatalf("problem %v, notes %q", problem, notes)
 		}
 	})
 	t.Run("no endpoint answers", func(t *testing.T) {
-		s := state(2)
+		s := state(2, etcdB.CA)
 		s.config.MeshEndpoints = []string{closedEP}
 		problem, _ := probeCluster(context.Background(), s, time.Second)
 		if problem == nil || !strings.Contains(problem.Error(), "no mesh endpoint of cluster \"b\" (context \"ctx-b\") answers") || !strings.Contains(problem.Error(), "--skip-endpoint-check") {
@@ -121,10 +128,10 @@ func TestProbeEndpoint(t *testing.T) {
 		}
 	})
 	t.Run("a wrong endpoint beside a good one", func(t *testing.T) {
-		s := state(2)
-		s.config.MeshEndpoints = []string{etcdB.Endpoint, etcdC.Endpoint}
+		s := state(2, etcdB.CA)
+		s.config.MeshEndpoints = []string{epB, epC}
 		problem, _ := probeCluster(context.Background(), s, time.Second)
-		if problem == nil || !strings.Contains(problem.Error(), etcdC.Endpoint) {
+		if problem == nil || !strings.Contains(problem.Error(), epC) {
 			t.Fatalf("problem %v", problem)
 		}
 	})
