@@ -165,7 +165,7 @@ func (w *Watcher) serviceChanged(obj any) {
 	if opts.Shared {
 		w.cfg.State.SetLocalEndpoints(nn, nil)
 	} else {
-		w.cfg.State.SetLocalEndpoints(nn, w.endpoints(nn))
+		w.cfg.State.SetLocalEndpoints(nn, w.endpoints(svc))
 	}
 }
 
@@ -237,53 +237,27 @@ func (w *Watcher) sliceChanged(obj any) {
 	if err != nil || !exists {
 		return
 	}
-	opts, _ := meshconfig.ParseServiceAnnotations(item.(*corev1.Service).Annotations)
+	svc := item.(*corev1.Service)
+	opts, _ := meshconfig.ParseServiceAnnotations(svc.Annotations)
 	if opts.Global && !opts.Shared {
-		w.cfg.State.SetLocalEndpoints(nn, w.endpoints(nn))
+		w.cfg.State.SetLocalEndpoints(nn, w.endpoints(svc))
 	}
 }
 
-// endpoints returns the ready endpoints of nn from its slices, in the
-// export's shape.
-func (w *Watcher) endpoints(nn state.ServiceName) map[string]protocol.PortConfiguration {
+// endpoints returns the ready endpoints of svc from its slices, read as
+// the mesh apiserver reads them for its export.
+func (w *Watcher) endpoints(svc *corev1.Service) map[string]protocol.PortConfiguration {
+	nn := state.ServiceName{Namespace: svc.Namespace, Name: svc.Name}
 	objs, err := w.slices.GetIndexer().ByIndex(byService, nn.String())
 	if err != nil {
 		return map[string]protocol.PortConfiguration{}
 	}
-	out := make(map[string]protocol.PortConfiguration)
+	slices := make([]*discoveryv1.EndpointSlice, 0, len(objs))
 	for _, obj := range objs {
-		es := obj.(*discoveryv1.EndpointSlice)
-		ports := protocol.PortConfiguration{}
-		for _, p := range es.Ports {
-			if p.Port == nil {
-				continue
-			}
-			name, proto := "", corev1.ProtocolTCP
-			if p.Name != nil {
-				name = *p.Name
-			}
-			if p.Protocol != nil {
-				proto = *p.Protocol
-			}
-			ports[name] = &protocol.L4Addr{Protocol: string(proto), Port: uint16(*p.Port)}
-		}
-		for _, ep := range es.Endpoints {
-			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
-				continue
-			}
-			for _, a := range ep.Addresses {
-				pc := out[a]
-				if pc == nil {
-					pc = protocol.PortConfiguration{}
-					out[a] = pc
-				}
-				for n, p := range ports {
-					pc[n] = p
-				}
-			}
-		}
+		slices = append(slices, obj.(*discoveryv1.EndpointSlice))
 	}
-	return out
+	backends, _ := meshconfig.ServiceBackends(svc.Spec.Ports, slices)
+	return backends
 }
 
 func sliceService(obj any) ([]string, error) {

@@ -96,8 +96,6 @@ func ConvertService(cluster string, clusterID uint32, svc *corev1.Service, slice
 		Namespace:       svc.Namespace,
 		Name:            svc.Name,
 		Frontends:       map[string]protocol.PortConfiguration{},
-		Backends:        map[string]protocol.PortConfiguration{},
-		Hostnames:       map[string]string{},
 		Labels:          svc.Labels,
 		Selector:        svc.Spec.Selector,
 		IncludeExternal: true,
@@ -106,7 +104,7 @@ func ConvertService(cluster string, clusterID uint32, svc *corev1.Service, slice
 	}
 	ports := make(protocol.PortConfiguration, len(svc.Spec.Ports))
 	for _, p := range svc.Spec.Ports {
-		ports[p.Name] = &protocol.L4Addr{Protocol: l4Proto(p.Protocol), Port: uint16(p.Port)}
+		ports[p.Name] = &protocol.L4Addr{Protocol: meshconfig.L4Protocol(p.Protocol), Port: uint16(p.Port)}
 	}
 	ips := svc.Spec.ClusterIPs
 	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
@@ -119,62 +117,6 @@ func ConvertService(cluster string, clusterID uint32, svc *corev1.Service, slice
 		}
 		cs.Frontends[ip.Unmap().String()] = ports
 	}
-	for _, sl := range slices {
-		if sl.AddressType != discoveryv1.AddressTypeIPv4 && sl.AddressType != discoveryv1.AddressTypeIPv6 {
-			continue
-		}
-		backendPorts := protocol.PortConfiguration{}
-		for _, p := range sl.Ports {
-			name := ""
-			if p.Name != nil {
-				name = *p.Name
-			}
-			if _, ok := ports[name]; !ok || p.Port == nil {
-				continue
-			}
-			proto := corev1.ProtocolTCP
-			if p.Protocol != nil {
-				proto = *p.Protocol
-			}
-			backendPorts[name] = &protocol.L4Addr{Protocol: l4Proto(proto), Port: uint16(*p.Port)}
-		}
-		if len(backendPorts) == 0 {
-			continue
-		}
-		for _, ep := range sl.Endpoints {
-			// A missing ready condition means ready (discovery/v1).
-			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
-				continue
-			}
-			for _, s := range ep.Addresses {
-				ip, err := netip.ParseAddr(s)
-				if err != nil {
-					continue
-				}
-				addr := ip.Unmap().String()
-				bp := cs.Backends[addr]
-				if bp == nil {
-					bp = make(protocol.PortConfiguration, len(backendPorts))
-					cs.Backends[addr] = bp
-				}
-				for n, p := range backendPorts {
-					bp[n] = p
-				}
-				if ep.Hostname != nil && *ep.Hostname != "" {
-					cs.Hostnames[addr] = *ep.Hostname
-				}
-			}
-		}
-	}
+	cs.Backends, cs.Hostnames = meshconfig.ServiceBackends(svc.Spec.Ports, slices)
 	return cs
-}
-
-func l4Proto(p corev1.Protocol) string {
-	switch p {
-	case corev1.ProtocolUDP:
-		return protocol.ProtoUDP
-	case corev1.ProtocolSCTP:
-		return protocol.ProtoSCTP
-	}
-	return protocol.ProtoTCP
 }

@@ -264,37 +264,16 @@ func expectedService(local LocalView, svc corev1.Service, exports []*ClusterExpo
 }
 
 // sliceBackends reads a Service's ready endpoints from its EndpointSlices
-// in the export's shape: IP -> port name -> port.
+// in the export's shape, as the mesh apiserver and the agent read them.
 func sliceBackends(svc corev1.Service, all []discoveryv1.EndpointSlice) map[string]protocol.PortConfiguration {
-	out := map[string]protocol.PortConfiguration{}
-	for _, es := range all {
-		if es.Namespace != svc.Namespace || es.Labels[discoveryv1.LabelServiceName] != svc.Name {
-			continue
-		}
-		ports := protocol.PortConfiguration{}
-		for _, p := range es.Ports {
-			if p.Port == nil {
-				continue
-			}
-			name, proto := "", corev1.ProtocolTCP
-			if p.Name != nil {
-				name = *p.Name
-			}
-			if p.Protocol != nil {
-				proto = *p.Protocol
-			}
-			ports[name] = &protocol.L4Addr{Protocol: string(proto), Port: uint16(*p.Port)}
-		}
-		for _, ep := range es.Endpoints {
-			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
-				continue
-			}
-			for _, a := range ep.Addresses {
-				out[a] = ports
-			}
+	var mine []*discoveryv1.EndpointSlice
+	for i := range all {
+		if all[i].Namespace == svc.Namespace && all[i].Labels[discoveryv1.LabelServiceName] == svc.Name {
+			mine = append(mine, &all[i])
 		}
 	}
-	return out
+	backends, _ := meshconfig.ServiceBackends(svc.Spec.Ports, mine)
+	return backends
 }
 
 // DiffMaps compares what an agent holds with what it should, and returns

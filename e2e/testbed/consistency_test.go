@@ -95,8 +95,9 @@ func TestExpectedMapsUnsharedService(t *testing.T) {
 	// EndpointSlices, ready ones only.
 	exports[0].Services = nil
 	local.EndpointSlices = []discoveryv1.EndpointSlice{{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "echo-abc", Labels: map[string]string{discoveryv1.LabelServiceName: "echo"}},
-		Ports:      []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(corev1.ProtocolTCP)}},
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "ns", Name: "echo-abc", Labels: map[string]string{discoveryv1.LabelServiceName: "echo"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(corev1.ProtocolTCP)}},
 		Endpoints: []discoveryv1.Endpoint{
 			{Addresses: []string{"10.1.1.5"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}},
 			{Addresses: []string{"10.1.2.5"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(false)}},
