@@ -150,8 +150,8 @@ func (w *Watcher) serviceChanged(obj any) {
 		return
 	}
 	nn := state.ServiceName{Namespace: svc.Namespace, Name: svc.Name}
-	opts, errs := meshconfig.ParseServiceAnnotations(svc.Annotations)
-	w.report(svc, nn, errs)
+	opts, problems := meshconfig.ParseServiceAnnotations(svc.Annotations)
+	w.report(svc, nn, problems)
 	if !opts.Global {
 		w.cfg.State.DeleteLocalService(nn)
 		w.cfg.State.SetLocalEndpoints(nn, nil)
@@ -181,8 +181,12 @@ func (w *Watcher) serviceDeleted(obj any) {
 	w.mu.Unlock()
 }
 
-// report logs and records annotation errors once per distinct set.
-func (w *Watcher) report(svc *corev1.Service, nn state.ServiceName, errs []error) {
+// report logs and records annotation problems once per distinct set.
+func (w *Watcher) report(svc *corev1.Service, nn state.ServiceName, problems []meshconfig.AnnotationProblem) {
+	errs := make([]error, len(problems))
+	for i, p := range problems {
+		errs[i] = p
+	}
 	msg := errors.Join(errs...)
 	text := ""
 	if msg != nil {

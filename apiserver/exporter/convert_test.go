@@ -171,49 +171,6 @@ func TestConvertServicePortsAndSlices(t *testing.T) {
 	}
 }
 
-func TestParseServiceAnnotations(t *testing.T) {
-	const (
-		g  = meshconfig.ServiceGlobalAnnotation
-		s  = meshconfig.ServiceSharedAnnotation
-		a  = meshconfig.ServiceAffinityAnnotation
-		cg = meshconfig.CiliumServiceGlobalAnnotation
-		cs = meshconfig.CiliumServiceSharedAnnotation
-		ca = meshconfig.CiliumServiceAffinityAnnotation
-	)
-	for _, tc := range []struct {
-		name     string
-		ann      map[string]string
-		want     ServiceOptions
-		problems []string // annotations reported
-	}{
-		{"none", nil, ServiceOptions{Affinity: "none"}, nil},
-		{"global shares by default", map[string]string{g: "true"}, ServiceOptions{Global: true, Shared: true, Affinity: "none"}, nil},
-		{"cilium spelling", map[string]string{cg: "True", ca: "local"}, ServiceOptions{Global: true, Shared: true, Affinity: "local"}, nil},
-		{"not shared", map[string]string{g: "true", s: "false"}, ServiceOptions{Global: true, Affinity: "none"}, nil},
-		{"shared without global", map[string]string{s: "true"}, ServiceOptions{Affinity: "none"}, nil},
-		{"isthmus spelling wins", map[string]string{g: "false", cg: "true", s: "true", cs: "false", a: "remote", ca: "local"}, ServiceOptions{Affinity: "remote"}, nil},
-		{"isthmus wins even when bad", map[string]string{g: "yes", cg: "true"}, ServiceOptions{Affinity: "none"}, []string{g}},
-		{"bad global", map[string]string{g: "1"}, ServiceOptions{Affinity: "none"}, []string{g}},
-		{"bad shared keeps the default", map[string]string{g: "true", s: "maybe"}, ServiceOptions{Global: true, Shared: true, Affinity: "none"}, []string{s}},
-		{"bad affinity", map[string]string{g: "true", ca: "nearest"}, ServiceOptions{Global: true, Shared: true, Affinity: "none"}, []string{ca}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, problems := ParseServiceAnnotations(tc.ann)
-			if got != tc.want {
-				t.Errorf("options %+v, want %+v", got, tc.want)
-			}
-			if len(problems) != len(tc.problems) {
-				t.Fatalf("problems %v, want on %v", problems, tc.problems)
-			}
-			for i, p := range problems {
-				if p.Annotation != tc.problems[i] || !strings.Contains(p.Error(), tc.ann[p.Annotation]) {
-					t.Errorf("problem %v, want on %s", p, tc.problems[i])
-				}
-			}
-		})
-	}
-}
-
 func TestPodIPCacheEntries(t *testing.T) {
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "cep-001", Namespace: "foo"},

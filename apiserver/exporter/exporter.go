@@ -23,6 +23,7 @@ import (
 
 	"github.com/isthmus-mesh/isthmus/apiserver/identity"
 	"github.com/isthmus-mesh/isthmus/internal/logfields"
+	"github.com/isthmus-mesh/isthmus/internal/meshconfig"
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
 )
 
@@ -382,7 +383,7 @@ func (e *Exporter) exportNode(name string, since time.Time) (ipsChanged bool) {
 		return false
 	}
 	n, bad := ConvertNode(e.cfg.Cluster, e.cfg.ClusterID, node)
-	var problems []AnnotationProblem
+	var problems []meshconfig.AnnotationProblem
 	if bad != nil {
 		problems = append(problems, *bad)
 	}
@@ -520,7 +521,7 @@ func (e *Exporter) exportService(nsName string, since time.Time) {
 		e.logger.Error("get service", logfields.Service, nsName, logfields.Error, err)
 		return
 	}
-	opts, problems := ParseServiceAnnotations(svc.Annotations)
+	opts, problems := meshconfig.ParseServiceAnnotations(svc.Annotations)
 	e.report(svc, "service/"+nsName, problems)
 	if !opts.Global || !opts.Shared {
 		e.cfg.Writer.Delete(key, since)

@@ -12,7 +12,7 @@ import (
 // ConvertNode returns the mesh entry of a Node. A WireGuard key annotation
 // that is not a valid key is left out and reported in badKey, so the node
 // is still exported without it.
-func ConvertNode(cluster string, clusterID uint32, node *corev1.Node) (n *protocol.Node, badKey *AnnotationProblem) {
+func ConvertNode(cluster string, clusterID uint32, node *corev1.Node) (n *protocol.Node, badKey *meshconfig.AnnotationProblem) {
 	n = &protocol.Node{
 		Name:      node.Name,
 		Cluster:   cluster,
@@ -53,7 +53,7 @@ func ConvertNode(cluster string, clusterID uint32, node *corev1.Node) (n *protoc
 	}
 	if key, ok := node.Annotations[meshconfig.NodeWireGuardPubKeyAnnotation]; ok {
 		if err := protocol.ValidateWireGuardKey(key); err != nil {
-			badKey = &AnnotationProblem{
+			badKey = &meshconfig.AnnotationProblem{
 				Annotation: meshconfig.NodeWireGuardPubKeyAnnotation,
 				Value:      key,
 				Default:    "no key (remote nodes cannot reach this node's pods until its agent sets a valid one)",

@@ -5,6 +5,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/isthmus-mesh/isthmus/internal/logfields"
+	"github.com/isthmus-mesh/isthmus/internal/meshconfig"
 )
 
 // EventReasonBadAnnotation is the reason of the Warning Events a bad
@@ -13,7 +14,7 @@ const EventReasonBadAnnotation = "InvalidMeshAnnotation"
 
 // report logs, counts and records as an Event each problem of object that
 // was not reported with the same value before.
-func (e *Exporter) report(obj runtime.Object, object string, problems []AnnotationProblem) {
+func (e *Exporter) report(obj runtime.Object, object string, problems []meshconfig.AnnotationProblem) {
 	prev := e.problems[object]
 	if len(problems) == 0 {
 		delete(e.problems, object)

@@ -10,19 +10,34 @@ type ServiceOptions struct {
 	// Global makes the service one service across the mesh.
 	Global bool
 	// Shared exports the cluster's backends to the other clusters; true
-	// unless annotated otherwise.
+	// unless annotated otherwise. It means something only when Global.
 	Shared bool
 	// Affinity is AffinityNone (the default), AffinityLocal or
 	// AffinityRemote.
 	Affinity string
 }
 
-// ParseServiceAnnotations reads the mesh annotations of a Service. The
-// isthmus.dev spelling wins over the service.cilium.io one when both are
-// set. A value that cannot be used is reported in errs, naming the
-// annotation and the accepted values, and its field keeps its default; the
+// AnnotationProblem is an annotation value that could not be used, and the
+// default that applies instead.
+type AnnotationProblem struct {
+	Annotation string
+	Value      string
+	Default    string
+	Reason     string
+}
+
+func (p AnnotationProblem) Error() string {
+	return fmt.Sprintf("annotation %s=%q %s; using %s", p.Annotation, p.Value, p.Reason, p.Default)
+}
+
+// ParseServiceAnnotations reads the mesh annotations of a Service; the
+// mesh apiserver and the node agents read them through it alone, so they
+// never disagree. The isthmus.dev spelling wins over the
+// service.cilium.io one when both are set. A value that cannot be used is
+// returned as a problem, naming the annotation and the accepted values, and
+// its field keeps its default (not global, shared, affinity none); the
 // other fields are still read.
-func ParseServiceAnnotations(annotations map[string]string) (opts ServiceOptions, errs []error) {
+func ParseServiceAnnotations(annotations map[string]string) (opts ServiceOptions, problems []AnnotationProblem) {
 	opts = ServiceOptions{Shared: true, Affinity: AffinityNone}
 	get := func(key, alias string) (k, v string, ok bool) {
 		if v, ok := annotations[key]; ok {
@@ -36,13 +51,14 @@ func ParseServiceAnnotations(annotations map[string]string) (opts ServiceOptions
 		if !ok {
 			return
 		}
+		// Only true and false, in any case, as ClusterMesh reads them.
 		switch strings.ToLower(strings.TrimSpace(v)) {
 		case "true":
 			*into = true
 		case "false":
 			*into = false
 		default:
-			errs = append(errs, fmt.Errorf("annotation %s=%q: want \"true\" or \"false\"", k, v))
+			problems = append(problems, AnnotationProblem{Annotation: k, Value: v, Default: fmt.Sprint(*into), Reason: `is not "true" or "false"`})
 		}
 	}
 	parseBool(ServiceGlobalAnnotation, CiliumServiceGlobalAnnotation, &opts.Global)
@@ -51,10 +67,10 @@ func ParseServiceAnnotations(annotations map[string]string) (opts ServiceOptions
 		switch a := strings.ToLower(strings.TrimSpace(v)); a {
 		case AffinityNone, AffinityLocal, AffinityRemote:
 			opts.Affinity = a
-		case "":
 		default:
-			errs = append(errs, fmt.Errorf("annotation %s=%q: want %q, %q or %q; using %q", k, v, AffinityLocal, AffinityRemote, AffinityNone, AffinityNone))
+			problems = append(problems, AnnotationProblem{Annotation: k, Value: v, Default: AffinityNone,
+				Reason: fmt.Sprintf("is not %q, %q or %q", AffinityLocal, AffinityRemote, AffinityNone)})
 		}
 	}
-	return opts, errs
+	return opts, problems
 }

@@ -1,39 +1,49 @@
 package meshconfig
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
 
 func TestParseServiceAnnotations(t *testing.T) {
+	const (
+		g  = ServiceGlobalAnnotation
+		s  = ServiceSharedAnnotation
+		a  = ServiceAffinityAnnotation
+		cg = CiliumServiceGlobalAnnotation
+		cs = CiliumServiceSharedAnnotation
+		ca = CiliumServiceAffinityAnnotation
+	)
 	for _, tc := range []struct {
-		name string
-		in   map[string]string
-		want ServiceOptions
-		errs []string
+		name     string
+		ann      map[string]string
+		want     ServiceOptions
+		problems []string // the annotations reported, in order
 	}{
 		{"none", nil, ServiceOptions{Shared: true, Affinity: AffinityNone}, nil},
-		{"isthmus", map[string]string{ServiceGlobalAnnotation: "true", ServiceSharedAnnotation: "false", ServiceAffinityAnnotation: "local"},
-			ServiceOptions{Global: true, Shared: false, Affinity: AffinityLocal}, nil},
-		{"cilium", map[string]string{CiliumServiceGlobalAnnotation: "True", CiliumServiceAffinityAnnotation: "remote"},
-			ServiceOptions{Global: true, Shared: true, Affinity: AffinityRemote}, nil},
-		{"isthmus wins", map[string]string{ServiceGlobalAnnotation: "false", CiliumServiceGlobalAnnotation: "true", ServiceAffinityAnnotation: "none", CiliumServiceAffinityAnnotation: "local"},
-			ServiceOptions{Global: false, Shared: true, Affinity: AffinityNone}, nil},
-		{"bad values", map[string]string{ServiceGlobalAnnotation: "yes", ServiceSharedAnnotation: "true", CiliumServiceAffinityAnnotation: "nearest"},
-			ServiceOptions{Global: false, Shared: true, Affinity: AffinityNone},
-			[]string{`service.isthmus.dev/global="yes"`, `service.cilium.io/affinity="nearest"`}},
+		{"global shares by default", map[string]string{g: "true"}, ServiceOptions{Global: true, Shared: true, Affinity: AffinityNone}, nil},
+		{"isthmus spelling", map[string]string{g: "true", s: "false", a: "local"}, ServiceOptions{Global: true, Shared: false, Affinity: AffinityLocal}, nil},
+		{"cilium spelling, any case", map[string]string{cg: "True", ca: " Remote"}, ServiceOptions{Global: true, Shared: true, Affinity: AffinityRemote}, nil},
+		{"isthmus spelling wins", map[string]string{g: "false", cg: "true", s: "true", cs: "false", a: "remote", ca: "local"}, ServiceOptions{Shared: true, Affinity: AffinityRemote}, nil},
+		{"isthmus wins even when bad", map[string]string{g: "yes", cg: "true"}, ServiceOptions{Shared: true, Affinity: AffinityNone}, []string{g}},
+		{"bad global", map[string]string{g: "1"}, ServiceOptions{Shared: true, Affinity: AffinityNone}, []string{g}},
+		{"bad shared keeps the default", map[string]string{g: "true", s: "maybe"}, ServiceOptions{Global: true, Shared: true, Affinity: AffinityNone}, []string{s}},
+		{"bad affinity", map[string]string{g: "true", ca: "nearest"}, ServiceOptions{Global: true, Shared: true, Affinity: AffinityNone}, []string{ca}},
+		{"empty affinity is reported", map[string]string{g: "true", a: ""}, ServiceOptions{Global: true, Shared: true, Affinity: AffinityNone}, []string{a}},
+		{"several bad values", map[string]string{g: "yes", s: "true", ca: "nearest"}, ServiceOptions{Shared: true, Affinity: AffinityNone}, []string{g, ca}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, errs := ParseServiceAnnotations(tc.in)
+			got, problems := ParseServiceAnnotations(tc.ann)
 			if got != tc.want {
-				t.Errorf("got %+v, want %+v", got, tc.want)
+				t.Errorf("options %+v, want %+v", got, tc.want)
 			}
-			if len(errs) != len(tc.errs) {
-				t.Fatalf("errs %v, want %d", errs, len(tc.errs))
+			if len(problems) != len(tc.problems) {
+				t.Fatalf("problems %v, want on %v", problems, tc.problems)
 			}
-			for i, e := range errs {
-				if !strings.Contains(e.Error(), tc.errs[i]) {
-					t.Errorf("error %q does not name %s", e, tc.errs[i])
+			for i, p := range problems {
+				if p.Annotation != tc.problems[i] || !strings.Contains(p.Error(), fmt.Sprintf("%s=%q", p.Annotation, tc.ann[p.Annotation])) || !strings.Contains(p.Error(), "using "+p.Default) {
+					t.Errorf("problem %q, want one on %s naming its value and the default", p, tc.problems[i])
 				}
 			}
 		})
