@@ -2,7 +2,6 @@ package agentcmd
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -274,21 +273,11 @@ func newDumpCommand() *cobra.Command {
 }
 
 func dumpIPCache(ctx context.Context, client agentv1.AgentClient, c *clientFlags, out io.Writer) error {
-	stream, err := client.DumpIPCache(ctx, &agentv1.DumpIPCacheRequest{})
+	entries, err := agentv1.DumpAllIPCache(ctx, client)
 	if err != nil {
 		return explain(c.socket, err)
 	}
-	all := &agentv1.IPCacheChunk{}
-	for {
-		chunk, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return explain(c.socket, err)
-		}
-		all.Entries = append(all.Entries, chunk.Entries...)
-	}
+	all := &agentv1.IPCacheChunk{Entries: entries}
 	if c.output == "json" {
 		return writeJSON(out, all)
 	}
@@ -308,21 +297,11 @@ func dumpIPCache(ctx context.Context, client agentv1.AgentClient, c *clientFlags
 }
 
 func dumpIdentities(ctx context.Context, client agentv1.AgentClient, c *clientFlags, out io.Writer) error {
-	stream, err := client.DumpIdentities(ctx, &agentv1.DumpIdentitiesRequest{})
+	ids, err := agentv1.DumpAllIdentities(ctx, client)
 	if err != nil {
 		return explain(c.socket, err)
 	}
-	all := &agentv1.IdentityChunk{}
-	for {
-		chunk, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return explain(c.socket, err)
-		}
-		all.Identities = append(all.Identities, chunk.Identities...)
-	}
+	all := &agentv1.IdentityChunk{Identities: ids}
 	if c.output == "json" {
 		return writeJSON(out, all)
 	}
