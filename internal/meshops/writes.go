@@ -1,6 +1,7 @@
 package meshops
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"maps"
@@ -88,76 +89,74 @@ func (w writer) createSecret(ctx context.Context, name string, typ corev1.Secret
 // (of type typ) when absent, and writes only when the data changed. A
 // write that loses a race is retried on the object as it is now.
 func (w writer) editSecret(ctx context.Context, name string, typ corev1.SecretType, reason string, edit func(data map[string][]byte) error) error {
-	obj := "Secret " + meshconfig.Namespace + "/" + name
 	secrets := w.c.client.CoreV1().Secrets(meshconfig.Namespace)
-	recorded := false
-	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		cur, err := w.c.getSecret(ctx, name)
-		if err != nil {
-			return err
-		}
-		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: meshconfig.Namespace, Labels: managedLabels}, Type: typ}
-		if cur != nil {
-			s = cur.DeepCopy()
-		}
-		data := maps.Clone(s.Data)
-		if data == nil {
-			data = map[string][]byte{}
-		}
-		if err := edit(data); err != nil {
-			return err
-		}
-		if cur != nil && bytesMapsEqual(cur.Data, data) {
-			return nil
-		}
-		if cur == nil && len(data) == 0 {
-			return nil
-		}
-		if !recorded {
-			w.record(map[bool]string{true: "update", false: "create"}[cur != nil], obj, reason)
-			recorded = true
-		}
-		if w.dryRun {
-			return nil
-		}
-		s.Data = data
-		if cur == nil {
-			_, err = secrets.Create(ctx, s, metav1.CreateOptions{FieldManager: fieldManager})
-			if apierrors.IsAlreadyExists(err) {
-				return apierrors.NewConflict(corev1.Resource("secrets"), name, err)
+	return editData(ctx, w, "Secret "+meshconfig.Namespace+"/"+name, reason, edit, bytes.Equal,
+		func(ctx context.Context) (*corev1.Secret, error) { return w.c.getSecret(ctx, name) },
+		func(s *corev1.Secret) map[string][]byte { return s.Data },
+		func(ctx context.Context, cur *corev1.Secret, data map[string][]byte) error {
+			if cur == nil {
+				s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: meshconfig.Namespace, Labels: managedLabels}, Type: typ, Data: data}
+				_, err := secrets.Create(ctx, s, metav1.CreateOptions{FieldManager: fieldManager})
+				if apierrors.IsAlreadyExists(err) {
+					return apierrors.NewConflict(corev1.Resource("secrets"), name, err)
+				}
+				return err
 			}
-		} else {
-			_, err = secrets.Update(ctx, s, metav1.UpdateOptions{FieldManager: fieldManager})
-		}
-		if err != nil && !apierrors.IsConflict(err) {
-			return w.c.apiError("write", obj, err)
-		}
-		return err
-	})
+			s := cur.DeepCopy()
+			s.Data = data
+			_, err := secrets.Update(ctx, s, metav1.UpdateOptions{FieldManager: fieldManager})
+			return err
+		})
 }
 
 // editConfigMap is editSecret for a ConfigMap.
 func (w writer) editConfigMap(ctx context.Context, name, reason string, edit func(data map[string]string) error) error {
-	obj := "ConfigMap " + meshconfig.Namespace + "/" + name
 	cms := w.c.client.CoreV1().ConfigMaps(meshconfig.Namespace)
+	return editData(ctx, w, "ConfigMap "+meshconfig.Namespace+"/"+name, reason, edit, func(a, b string) bool { return a == b },
+		func(ctx context.Context) (*corev1.ConfigMap, error) { return w.c.getConfigMap(ctx, name) },
+		func(cm *corev1.ConfigMap) map[string]string { return cm.Data },
+		func(ctx context.Context, cur *corev1.ConfigMap, data map[string]string) error {
+			if cur == nil {
+				cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: meshconfig.Namespace, Labels: managedLabels}, Data: data}
+				_, err := cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: fieldManager})
+				if apierrors.IsAlreadyExists(err) {
+					return apierrors.NewConflict(corev1.Resource("configmaps"), name, err)
+				}
+				return err
+			}
+			cm := cur.DeepCopy()
+			cm.Data = data
+			_, err := cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: fieldManager})
+			return err
+		})
+}
+
+// editData is the read, edit, compare and write loop of editSecret and
+// editConfigMap, for an object of type T whose data maps keys to V: get
+// reads it (nil when absent), dataOf returns its data, write creates it
+// (cur nil) or updates cur with data. Nothing is written, nor recorded,
+// when the data did not change, or when an absent object would be created
+// empty. A conflict, including losing a create race, is retried on the
+// object as it is now.
+func editData[T any, V any](ctx context.Context, w writer, obj, reason string, edit func(map[string]V) error, equal func(a, b V) bool,
+	get func(context.Context) (*T, error), dataOf func(*T) map[string]V, write func(ctx context.Context, cur *T, data map[string]V) error) error {
 	recorded := false
 	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		cur, err := w.c.getConfigMap(ctx, name)
+		cur, err := get(ctx)
 		if err != nil {
 			return err
 		}
-		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: meshconfig.Namespace, Labels: managedLabels}}
+		var data map[string]V
 		if cur != nil {
-			cm = cur.DeepCopy()
+			data = maps.Clone(dataOf(cur))
 		}
-		data := maps.Clone(cm.Data)
 		if data == nil {
-			data = map[string]string{}
+			data = map[string]V{}
 		}
 		if err := edit(data); err != nil {
 			return err
 		}
-		if cur != nil && maps.Equal(cur.Data, data) {
+		if cur != nil && maps.EqualFunc(dataOf(cur), data, equal) {
 			return nil
 		}
 		if cur == nil && len(data) == 0 {
@@ -170,22 +169,10 @@ func (w writer) editConfigMap(ctx context.Context, name, reason string, edit fun
 		if w.dryRun {
 			return nil
 		}
-		cm.Data = data
-		if cur == nil {
-			_, err = cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: fieldManager})
-			if apierrors.IsAlreadyExists(err) {
-				return apierrors.NewConflict(corev1.Resource("configmaps"), name, err)
-			}
-		} else {
-			_, err = cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: fieldManager})
-		}
+		err = write(ctx, cur, data)
 		if err != nil && !apierrors.IsConflict(err) {
 			return w.c.apiError("write", obj, err)
 		}
 		return err
 	})
-}
-
-func bytesMapsEqual(a, b map[string][]byte) bool {
-	return maps.EqualFunc(a, b, func(x, y []byte) bool { return string(x) == string(y) })
 }
