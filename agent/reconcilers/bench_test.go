@@ -14,6 +14,7 @@ import (
 	"github.com/isthmus-mesh/isthmus/agent/reconcilers"
 	"github.com/isthmus-mesh/isthmus/agent/remotecluster"
 	"github.com/isthmus-mesh/isthmus/agent/state"
+	"github.com/isthmus-mesh/isthmus/datapath/bpffs/bpffstest"
 	dpmaps "github.com/isthmus-mesh/isthmus/datapath/maps"
 )
 
@@ -44,7 +45,7 @@ func BenchmarkReaderToIPCacheMap(b *testing.B) {
 	kvs = nil
 
 	for b.Loop() {
-		m, err := dpmaps.Open(dpmaps.Config{Root: root + "/" + agenttest.Suffix(), IPCacheMaxEntries: 512 * 1024, FlowRingBytes: 16 * 1024})
+		m, err := dpmaps.Open(dpmaps.Config{Root: root + "/" + bpffstest.Suffix(), IPCacheMaxEntries: 512 * 1024, FlowRingBytes: 16 * 1024})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -5,7 +5,7 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/isthmus-mesh/isthmus/datapath/internal/bpftest"
+	"github.com/isthmus-mesh/isthmus/datapath/bpffs/bpffstest"
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
 )
 
@@ -33,7 +33,7 @@ func TestIPCacheKeyRoundTrip(t *testing.T) {
 }
 
 func TestIPCacheLongestPrefixMatch(t *testing.T) {
-	m := openMaps(t, smallConfig(bpftest.PinRoot(t)))
+	m := openMaps(t, smallConfig(bpffstest.PinRoot(t)))
 	entries := map[string]protocol.NumericIdentity{
 		"10.0.0.0/8":      1001,
 		"10.1.0.0/16":     1002,
@@ -129,7 +129,7 @@ func TestIPCacheLongestPrefixMatch(t *testing.T) {
 }
 
 func TestIPCacheReconcileSkipsInvalid(t *testing.T) {
-	m := openMaps(t, smallConfig(bpftest.PinRoot(t)))
+	m := openMaps(t, smallConfig(bpffstest.PinRoot(t)))
 	st, err := m.IPCache.Reconcile(map[netip.Prefix]IPCacheEntry{
 		mustPrefix(t, "10.0.0.0/8"): {Identity: 300},
 		{}:                          {Identity: 301},

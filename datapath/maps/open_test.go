@@ -13,12 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 
-	"github.com/isthmus-mesh/isthmus/datapath/internal/bpftest"
+	"github.com/isthmus-mesh/isthmus/datapath/bpffs/bpffstest"
 	"github.com/isthmus-mesh/isthmus/internal/privileged"
 )
 
 func TestOpenCreatesPinsAndReusesThem(t *testing.T) {
-	root := bpftest.PinRoot(t)
+	root := bpffstest.PinRoot(t)
 	cfg := smallConfig(root)
 	m1 := openMaps(t, cfg)
 	if got := m1.Recreated(); len(got) != 0 {
@@ -83,7 +83,7 @@ func mapID(t *testing.T, m *ebpf.Map) ebpf.MapID {
 }
 
 func TestOpenRecreatesResizedMapAndMigrates(t *testing.T) {
-	root := bpftest.PinRoot(t)
+	root := bpffstest.PinRoot(t)
 	cfg := smallConfig(root)
 	m1 := openMaps(t, cfg)
 	for i := range 10 {
@@ -136,7 +136,7 @@ func TestOpenRecreatesResizedMapAndMigrates(t *testing.T) {
 }
 
 func TestOpenRefusesIncompatibleWhenAsked(t *testing.T) {
-	root := bpftest.PinRoot(t)
+	root := bpffstest.PinRoot(t)
 	cfg := smallConfig(root)
 	openMaps(t, cfg).Close()
 
@@ -155,7 +155,7 @@ func TestOpenRefusesIncompatibleWhenAsked(t *testing.T) {
 // different key layout (as an older build might have left) and expects Open
 // to notice through BTF and replace it without migrating.
 func TestOpenRecreatesOnLayoutChange(t *testing.T) {
-	root := bpftest.PinRoot(t)
+	root := bpffstest.PinRoot(t)
 	cfg := smallConfig(root)
 	spec, err := loadMapdefs()
 	if err != nil {
@@ -205,7 +205,7 @@ func TestOpenRecreatesOnLayoutChange(t *testing.T) {
 // TestBpftoolDumpPinned runs bpftool on the pins: the output must parse as
 // JSON and show the fields by name, which is what BTF buys.
 func TestBpftoolDumpPinned(t *testing.T) {
-	root := bpftest.PinRoot(t)
+	root := bpffstest.PinRoot(t)
 	bpftool, err := exec.LookPath("bpftool")
 	if err != nil {
 		privileged.Unavailable(t, "bpftool is not installed (Debian package bpftool)")

@@ -4,12 +4,12 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/isthmus-mesh/isthmus/datapath/internal/bpftest"
+	"github.com/isthmus-mesh/isthmus/datapath/bpffs/bpffstest"
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
 )
 
 func TestPolicyReconcileAndValidation(t *testing.T) {
-	m := openMaps(t, smallConfig(bpftest.PinRoot(t)))
+	m := openMaps(t, smallConfig(bpffstest.PinRoot(t)))
 	ok1 := PolicyEntryKey{Direction: Ingress, LocalIdentity: 300, RemoteIdentity: 70000, Port: 80, Protocol: ProtoTCP}
 	ok2 := PolicyEntryKey{Direction: Egress, LocalIdentity: 300}
 	desired := map[PolicyEntryKey]PolicyEntry{
@@ -45,7 +45,7 @@ func TestPolicyReconcileAndValidation(t *testing.T) {
 }
 
 func TestEnforcementAndConfig(t *testing.T) {
-	m := openMaps(t, smallConfig(bpftest.PinRoot(t)))
+	m := openMaps(t, smallConfig(bpffstest.PinRoot(t)))
 	st, err := m.Enforcement.Reconcile(map[protocol.NumericIdentity]Enforced{
 		300: {Ingress: true},
 		301: {Egress: true},

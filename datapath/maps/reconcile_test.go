@@ -6,13 +6,12 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
-
-	"github.com/isthmus-mesh/isthmus/datapath/internal/bpftest"
+	"github.com/isthmus-mesh/isthmus/datapath/bpffs/bpffstest"
 )
 
 func newHash(t *testing.T, max uint32) *ebpf.Map {
 	t.Helper()
-	bpftest.PinRoot(t) // root and bpffs checks; the map itself is unpinned
+	bpffstest.PinRoot(t) // root and bpffs checks; the map itself is unpinned
 	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: max})
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +82,7 @@ func TestReconcileKeepsGoingWhenMapIsFull(t *testing.T) {
 }
 
 func TestReconcileLPMTrie(t *testing.T) {
-	m := openMaps(t, smallConfig(bpftest.PinRoot(t)))
+	m := openMaps(t, smallConfig(bpffstest.PinRoot(t)))
 	desired := map[IPCacheKey]IPCacheValue{}
 	for i := range 300 {
 		k, err := IPCacheKeyOf(mustPrefix(t, "10.0.0.0/8"))

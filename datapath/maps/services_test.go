@@ -6,7 +6,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/isthmus-mesh/isthmus/datapath/internal/bpftest"
+	"github.com/isthmus-mesh/isthmus/datapath/bpffs/bpffstest"
 )
 
 func be(addr string, port uint16, cluster uint16, local bool) Backend {
@@ -45,7 +45,7 @@ func slots(t *testing.T, m *Maps, f Frontend) (FrontendValue, []BackendValue) {
 }
 
 func TestServicesLocalBackendsFirst(t *testing.T) {
-	m := openMaps(t, smallConfig(bpftest.PinRoot(t)))
+	m := openMaps(t, smallConfig(bpffstest.PinRoot(t)))
 	svc := Service{
 		Frontend: fe("10.96.0.10", 80),
 		Affinity: AffinityLocal,
@@ -74,7 +74,7 @@ func TestServicesLocalBackendsFirst(t *testing.T) {
 }
 
 func TestServicesSharedBackendsAndRemoval(t *testing.T) {
-	m := openMaps(t, smallConfig(bpftest.PinRoot(t)))
+	m := openMaps(t, smallConfig(bpffstest.PinRoot(t)))
 	shared := be("10.1.0.1", 8080, 1, true)
 	a := Service{Frontend: fe("10.96.0.1", 80), Backends: []Backend{shared, be("10.1.0.2", 8080, 1, true)}}
 	b := Service{Frontend: fe("10.96.0.2", 80), Backends: []Backend{shared}}
@@ -131,7 +131,7 @@ func TestServicesSharedBackendsAndRemoval(t *testing.T) {
 }
 
 func TestServicesReconcileKeepsIDsAcrossRestart(t *testing.T) {
-	root := bpftest.PinRoot(t)
+	root := bpffstest.PinRoot(t)
 	m1 := openMaps(t, smallConfig(root))
 	desired := []Service{
 		{Frontend: fe("10.96.0.1", 80), Affinity: AffinityRemote, Backends: []Backend{be("10.1.0.1", 80, 1, true), be("10.2.0.1", 80, 2, false)}},

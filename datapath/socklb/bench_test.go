@@ -18,6 +18,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/isthmus-mesh/isthmus/datapath/bpffs/bpffstest"
 	"github.com/isthmus-mesh/isthmus/datapath/internal/bpftest"
 	"github.com/isthmus-mesh/isthmus/datapath/maps"
 	"github.com/isthmus-mesh/isthmus/internal/netnstest"
@@ -62,7 +63,7 @@ func BenchmarkConnect(b *testing.B) {
 		restore = "iptables-restore"
 	}
 	if _, err := exec.LookPath(restore); err != nil {
-		bpftest.PinRoot(b) // privileged check first, for a clearer skip
+		bpffstest.PinRoot(b) // privileged check first, for a clearer skip
 		b.Skipf("%s not installed", restore)
 	}
 	maxSvc := 0
@@ -70,7 +71,7 @@ func BenchmarkConnect(b *testing.B) {
 		maxSvc = max(maxSvc, n)
 	}
 
-	root := bpftest.PinRoot(b)
+	root := bpffstest.PinRoot(b)
 	m, err := maps.Open(maps.Config{
 		Root: root, IPCacheMaxEntries: 64, PolicyMaxEntries: 64, EnforcementMaxEntries: 64, CTMaxEntries: 64,
 		FrontendMaxEntries: uint32(maxSvc + 64), SlotMaxEntries: uint32(maxSvc + 64), BackendMaxEntries: 1024,

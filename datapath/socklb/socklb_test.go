@@ -11,6 +11,7 @@ import (
 
 	"github.com/cilium/ebpf/link"
 
+	"github.com/isthmus-mesh/isthmus/datapath/bpffs/bpffstest"
 	"github.com/isthmus-mesh/isthmus/datapath/internal/bpftest"
 	"github.com/isthmus-mesh/isthmus/datapath/maps"
 	"github.com/isthmus-mesh/isthmus/internal/netnstest"
@@ -33,7 +34,7 @@ func smallMaps(root string) maps.Config {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	root := bpftest.PinRoot(t)
+	root := bpffstest.PinRoot(t)
 	cg := bpftest.Cgroup(t)
 	m, err := maps.Open(smallMaps(root))
 	if err != nil {

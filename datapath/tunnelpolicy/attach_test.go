@@ -14,7 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/isthmus-mesh/isthmus/datapath/internal/bpftest"
+	"github.com/isthmus-mesh/isthmus/datapath/bpffs/bpffstest"
 	"github.com/isthmus-mesh/isthmus/datapath/maps"
 	"github.com/isthmus-mesh/isthmus/internal/netnstest"
 )
@@ -31,7 +31,7 @@ type tunDevice struct {
 
 func newTUN(t *testing.T) *tunDevice {
 	t.Helper()
-	d := &tunDevice{ns: netnstest.NewNamespace(t, "isthmus-tun"), name: "ist" + bpftest.Suffix()}
+	d := &tunDevice{ns: netnstest.NewNamespace(t, "isthmus-tun"), name: "ist" + bpffstest.Suffix()}
 	// The device is created in the namespace of the thread that opens it.
 	err := d.ns.Do(func() error {
 		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)

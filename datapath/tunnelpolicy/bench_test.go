@@ -11,7 +11,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/isthmus-mesh/isthmus/datapath/internal/bpftest"
+	"github.com/isthmus-mesh/isthmus/datapath/bpffs/bpffstest"
 	"github.com/isthmus-mesh/isthmus/datapath/maps"
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
 )
@@ -46,7 +46,7 @@ func BenchmarkPolicyProgram(b *testing.B) {
 		largest = max(largest, n)
 	}
 
-	cfg := smallMaps(bpftest.PinRoot(b))
+	cfg := smallMaps(bpffstest.PinRoot(b))
 	cfg.IPCacheMaxEntries = uint32(largest + 1024)
 	m, err := maps.Open(cfg)
 	if err != nil {

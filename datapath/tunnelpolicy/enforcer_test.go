@@ -10,6 +10,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 
+	"github.com/isthmus-mesh/isthmus/datapath/bpffs/bpffstest"
 	"github.com/isthmus-mesh/isthmus/datapath/internal/bpftest"
 	"github.com/isthmus-mesh/isthmus/datapath/maps"
 	"github.com/isthmus-mesh/isthmus/internal/protocol"
@@ -54,7 +55,7 @@ type fixture struct {
 
 func newFixture(t testing.TB, cfg Config) *fixture {
 	t.Helper()
-	m, err := maps.Open(smallMaps(bpftest.PinRoot(t)))
+	m, err := maps.Open(smallMaps(bpffstest.PinRoot(t)))
 	if err != nil {
 		t.Fatal(err)
 	}

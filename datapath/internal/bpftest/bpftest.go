@@ -1,41 +1,7 @@
 // Package bpftest holds helpers for datapath tests that use real kernel
-// objects: a unique pin directory per test, removed with its pins at
-// cleanup, because several test binaries share one bpffs.
+// objects: a cgroup of their own, and checks that the Go mirrors of the
+// BPF programs' structs match their BTF layout. Pin directories come from
+// datapath/bpffs/bpffstest.
 //
 // Only tests import it. It must not import apiserver/ or agent/.
 package bpftest
-
-import (
-	"crypto/rand"
-	"encoding/hex"
-	"os"
-	"path/filepath"
-	"testing"
-
-	"github.com/isthmus-mesh/isthmus/datapath/bpffs"
-	"github.com/isthmus-mesh/isthmus/internal/privileged"
-)
-
-// Suffix returns a random hex string for unique kernel object names.
-func Suffix() string {
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-// PinRoot requires root, and returns a fresh directory under the machine's
-// bpffs, removed with everything pinned in it when the test ends.
-func PinRoot(tb testing.TB) string {
-	tb.Helper()
-	privileged.Require(tb)
-	if ok, err := bpffs.IsBPFFS(bpffs.DefaultMountpoint); err != nil || !ok {
-		privileged.Unavailable(tb, "no bpffs mounted at "+bpffs.DefaultMountpoint)
-	}
-	dir := filepath.Join(bpffs.DefaultMountpoint, "isthmus-test-"+Suffix())
-	tb.Cleanup(func() {
-		if err := os.RemoveAll(dir); err != nil {
-			tb.Errorf("remove pins: %v", err)
-		}
-	})
-	return dir
-}

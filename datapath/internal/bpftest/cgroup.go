@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/isthmus-mesh/isthmus/datapath/bpffs/bpffstest"
 	"github.com/isthmus-mesh/isthmus/internal/privileged"
 )
 
@@ -19,7 +20,7 @@ func Cgroup(tb testing.TB) string {
 	if _, err := os.Stat(filepath.Join(CgroupRoot, "cgroup.procs")); err != nil {
 		privileged.Unavailable(tb, "no cgroup v2 hierarchy at "+CgroupRoot)
 	}
-	dir := filepath.Join(CgroupRoot, "isthmus-test-"+Suffix())
+	dir := filepath.Join(CgroupRoot, "isthmus-test-"+bpffstest.Suffix())
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		tb.Fatalf("create cgroup: %v", err)
 	}
