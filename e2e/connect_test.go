@@ -96,8 +96,11 @@ func TestDisconnectWithdrawsRemoteState(t *testing.T) {
 		t.Errorf("after the disconnect, pod %s of %s still answers %s by IP: %+v", remotePods[0].Name, c2, c1, resp.Identity)
 	}
 
+	// The agents report through their MeshAgent objects a moment after
+	// their maps change: wait, as a user would, until status is ready,
+	// which it is not while an agent still reports the removed cluster.
 	var r meshops.StatusReport
-	res := s.cli("status", "--context", c1.Context, "-o", "json")
+	res := s.cli("status", "--context", c1.Context, "--wait", "--wait-duration", meshTimeout.String(), "-o", "json")
 	s.must(json.Unmarshal([]byte(res.Stdout), &r), "decode status -o json")
 	for _, cs := range r.Clusters {
 		if cs.Name == c2.Name {
